@@ -1,0 +1,106 @@
+"""``lymphaug <stage>``: one entry point for every pipeline stage.
+
+Each stage lives in its own module with a ``run(params, layout, args)`` function;
+they are imported lazily so ``lymphaug --help`` stays fast and a data stage does
+not pay for importing diffusers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from lymphaug.config import load_params
+from lymphaug.errors import LymphaugError
+from lymphaug.paths import Layout
+
+# stage name -> (module, one-line help). Order = pipeline order.
+STAGES: dict[str, tuple[str, str]] = {
+    "ingest": (
+        "lymphaug.ingest",
+        "build data/raw/<class>/*.png + manifest from the source in params (sample, folder, "
+        "archive, mat)",
+    ),
+    "split": ("lymphaug.split", "stratified, seeded train/val/test assignment -> data/split.csv"),
+    "dct": ("lymphaug.dct", "DCT-augment the training images (method1, method2) -> data/dct"),
+    "finetune": (
+        "lymphaug.finetune",
+        "fine-tune the Stable Diffusion UNet (full or LoRA) on training images -> models/diffusion",
+    ),
+    "generate": (
+        "lymphaug.generate",
+        "generate synthetic images per class with the fine-tuned model -> data/synthetic",
+    ),
+    "train": (
+        "lymphaug.train",
+        "train the classifier for one condition (base, dct, synthetic) and seed, log to MLflow",
+    ),
+    "compare": (
+        "lymphaug.compare",
+        "statistics across conditions and seeds, image quality -> reports/report.md",
+    ),
+    "profile": (
+        "lymphaug.profile",
+        "write a params preset (e.g. 'paper') into params.yaml, so DVC tracks the real values",
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lymphaug",
+        description="Lymphoma histology augmentation study: DVC stages, tracked in MLflow.",
+        epilog="Usually run through `dvc repro`; each stage reads params.yaml.",
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
+    parser.add_argument("--root", default=".", help="repository root (default: %(default)s)")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="<stage>")
+    for name, (module, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module) if _light(name) else None
+        add_args = getattr(mod, "add_arguments", None) if mod else None
+        if add_args:
+            add_args(p)
+        else:
+            _add_known_arguments(name, p)
+    return parser
+
+
+def _light(name: str) -> bool:
+    """Stages whose modules import quickly enough to load for --help."""
+    return name in ("profile",)
+
+
+def _add_known_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    """Arguments of heavy stages, declared here so --help does not import torch."""
+    if name == "train":
+        p.add_argument("--condition", required=True, choices=["base", "dct", "synthetic"])
+        p.add_argument("--seed", required=True, type=int)
+        p.add_argument("--no-resume", action="store_true", help="ignore an earlier checkpoint")
+    if name in ("finetune", "generate"):
+        p.add_argument("--no-resume", action="store_true", help="ignore earlier progress")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name = STAGES[args.stage][0]
+    try:
+        if args.stage == "profile":
+            return importlib.import_module(module_name).run(Path(args.params), args) or 0
+        params = load_params(args.params)  # validate before paying for heavy imports
+        module = importlib.import_module(module_name)
+        return module.run(params, Layout(Path(args.root)), args) or 0
+    except LymphaugError as err:
+        print(f"lymphaug {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lymphaug {args.stage}: interrupted; rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

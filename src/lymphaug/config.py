@@ -1,0 +1,252 @@
+"""Typed, validated pipeline configuration read from ``params.yaml``.
+
+Every stage receives one frozen :class:`Params` object instead of a dict, so a
+typo in ``params.yaml`` is caught once, at start-up, with the key named
+("params.yaml: dct.method2_sigma: Input should be a valid number") rather than
+silently replaced by a default deep inside a stage.
+
+Each stage owns one section. Defaults mirror the committed ``params.yaml``
+(the quick, offline, CPU profile); ``profiles/paper.yaml`` overrides them for
+the paper-scale run (see :mod:`lymphaug.profile`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from lymphaug.errors import ConfigError
+
+DEFAULT_CLASSES = ["CLL", "FL", "MCL"]
+DEFAULT_PROMPTS = {
+    "CLL": "microscopic image of chronic lymphocytic leukemia",
+    "FL": "microscopic image of follicular lymphoma",
+    "MCL": "microscopic image of mantle cell lymphoma",
+}
+
+DctMethod = Literal["method1", "method2"]
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys and wrong types are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --- ingest -----------------------------------------------------------------
+
+
+class SampleSource(Section):
+    """The generated H&E-like data set used by the quick profile and the tests."""
+
+    per_class: int = Field(30, ge=2)
+    width: int = Field(417, ge=32)
+    height: int = Field(312, ge=32)
+    seed: int = 0
+
+
+class ArchiveSource(Section):
+    """A .tar.gz / .zip from a path or an http(s):// or file:// URL, checked by sha256."""
+
+    url: str | None = None
+    sha256: str | None = None
+
+
+class MatSource(Section):
+    """The IICBU benchmark's MATLAB file (images, labels and predefined folds)."""
+
+    path: str | None = None
+    images_key: str = "DATA"
+    fold: int = Field(1, ge=1)
+
+
+class IngestConfig(Section):
+    source: Literal["sample", "folder", "archive", "mat"] = "sample"
+    folder: str | None = None
+    archive: ArchiveSource = ArchiveSource()
+    mat: MatSource = MatSource()
+    sample: SampleSource = SampleSource()
+    resize: list[int] | None = Field(None, description="[width, height] or null")
+    on_unreadable: Literal["fail", "skip"] = "fail"
+
+    @model_validator(mode="after")
+    def _resize_pair(self) -> IngestConfig:
+        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) < 8):
+            raise ValueError(f"resize must be [width, height] (each >= 8), got {self.resize}")
+        return self
+
+
+# --- split ------------------------------------------------------------------
+
+
+class SplitConfig(Section):
+    seed: int = 0
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    k_folds: int = Field(0, ge=0, description="0: one train/val split; k>=2: k folds")
+    fold: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> SplitConfig:
+        if self.k_folds == 1:
+            raise ValueError("k_folds must be 0 (no folds) or at least 2")
+        if self.k_folds and self.fold >= self.k_folds:
+            raise ValueError(f"fold {self.fold} is out of range for k_folds={self.k_folds}")
+        return self
+
+
+# --- DCT augmentation -------------------------------------------------------
+
+
+class DctConfig(Section):
+    seed: int = 0
+    methods: list[DctMethod] = ["method1", "method2"]
+    copies_per_image: int = Field(1, ge=1)
+    method1_std_multiplier: float = Field(2.0, gt=0)
+    method2_sigma: float = Field(20.0, ge=0)
+    contact_sheet_per_class: int = Field(2, ge=1)
+
+
+# --- diffusion --------------------------------------------------------------
+
+
+class FinetuneConfig(Section):
+    base_model: str = "tiny"
+    method: Literal["full", "lora"] = "full"
+    lora_rank: int = Field(4, ge=1)
+    prompts: dict[str, str] = DEFAULT_PROMPTS
+    resolution: int = Field(32, ge=8)
+    random_crop: bool = True
+    random_flip: bool = True
+    learning_rate: float = Field(1e-3, gt=0)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
+    max_steps: int = Field(150, ge=1)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    use_8bit_adam: bool = False
+    use_ema: bool = False
+    snr_gamma: float | None = None
+    checkpoint_every: int = Field(50, ge=1)
+    checkpoints_total_limit: int = Field(2, ge=1)
+    validation_every: int = Field(75, ge=1)
+    seed: int = 0
+
+
+class GenerateConfig(Section):
+    mode: Literal["txt2img", "img2img"] = "txt2img"
+    per_class: int = Field(10, ge=1)
+    scheduler: Literal["dpmsolver++", "ddpm", "pndm", "euler"] = "dpmsolver++"
+    steps: int = Field(10, ge=1)
+    guidance_scale: float = Field(4.0, ge=0)
+    strength: float = Field(0.5, gt=0, le=1)
+    batch_size: int = Field(10, ge=1)
+    seed: int = 0
+
+
+# --- classifier -------------------------------------------------------------
+
+
+class TrainConfig(Section):
+    arch: str = "alexnet"
+    weights: str = Field("none", description="imagenet | none | path to a state dict")
+    freeze_backbone: bool = True
+    input_size: int = Field(227, ge=32)
+    batch_size: int = Field(30, ge=1)
+    epochs: int = Field(5, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seeds: list[int] = [0, 1]
+    dct_methods: list[DctMethod] = ["method1", "method2"]
+    synthetic_dir: str = "data/synthetic"
+    device: str = "auto"
+    num_threads: int = Field(0, ge=0, description="0: torch's default")
+
+
+# --- comparison report ------------------------------------------------------
+
+
+class CompareConfig(Section):
+    alpha: float = Field(0.05, gt=0, lt=1)
+    bootstrap_resamples: int = Field(2000, ge=100)
+    seed: int = 0
+    feature_extractor: Literal["auto", "inception", "alexnet", "classifier"] = "auto"
+    near_copy_threshold: float = Field(0.05, ge=0)
+
+
+# --- tracking ---------------------------------------------------------------
+
+
+class MlflowConfig(Section):
+    tracking_uri: str | None = Field(
+        None, description="MLFLOW_TRACKING_URI wins; null: sqlite:///mlflow.db in the repo"
+    )
+    experiment: str = "lymphaug"
+
+
+class Params(Section):
+    """The whole pipeline configuration (one ``params.yaml``)."""
+
+    classes: list[str] = DEFAULT_CLASSES
+    ingest: IngestConfig = IngestConfig()
+    split: SplitConfig = SplitConfig()
+    dct: DctConfig = DctConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    generate: GenerateConfig = GenerateConfig()
+    train: TrainConfig = TrainConfig()
+    compare: CompareConfig = CompareConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="after")
+    def _classes_consistent(self) -> Params:
+        if len(self.classes) < 2:
+            raise ValueError("at least two classes are needed")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes contains duplicates: {self.classes}")
+        missing = [c for c in self.classes if c not in self.finetune.prompts]
+        if missing:
+            raise ValueError(f"finetune.prompts has no prompt for class(es) {missing}")
+        return self
+
+
+def _format_errors(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def parse_params(data: object, source: str = "params") -> Params:
+    """Validate a plain mapping into :class:`Params`, raising :class:`ConfigError`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    try:
+        return Params.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(source, err)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml``; every problem names the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (run from the repository root)") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(data, str(path))

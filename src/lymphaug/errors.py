@@ -1,0 +1,17 @@
+"""Errors that the CLI turns into one clear message instead of a traceback."""
+
+
+class LymphaugError(Exception):
+    """A problem the user can fix: bad input, bad config, missing files."""
+
+
+class ConfigError(LymphaugError):
+    """params.yaml (or a profile) is invalid."""
+
+
+class DataError(LymphaugError):
+    """An input image, folder, archive or manifest is unusable."""
+
+
+class LeakageError(LymphaugError):
+    """A test-split image was handed to a stage that must never see it."""

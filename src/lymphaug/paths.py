@@ -1,0 +1,60 @@
+"""Where every stage reads and writes, relative to the repository root.
+
+One place for the layout so that dvc.yaml, the stages and the tests agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path = Path(".")
+
+    @property
+    def raw(self) -> Path:
+        """data/raw/<class>/*.png plus manifest.csv (ingest)."""
+        return self.root / "data" / "raw"
+
+    @property
+    def raw_manifest(self) -> Path:
+        return self.raw / "manifest.csv"
+
+    @property
+    def split_csv(self) -> Path:
+        """One row per raw image: path, class, split (train/val/test), fold."""
+        return self.root / "data" / "split.csv"
+
+    @property
+    def dct(self) -> Path:
+        """data/dct/<method>/<class>/*.png plus manifest.csv (dct)."""
+        return self.root / "data" / "dct"
+
+    @property
+    def diffusion_model(self) -> Path:
+        """The fine-tuned diffusion pipeline or LoRA adapter (finetune)."""
+        return self.root / "models" / "diffusion"
+
+    @property
+    def synthetic(self) -> Path:
+        """data/synthetic/<class>/*.png plus manifest.csv (generate)."""
+        return self.root / "data" / "synthetic"
+
+    def classifier(self, condition: str, seed: int) -> Path:
+        """models/<condition>/seed_<n>/ (train)."""
+        return self.root / "models" / condition / f"seed_{seed}"
+
+    def train_report(self, condition: str, seed: int) -> Path:
+        """reports/train/<condition>/seed_<n>/: metrics.json, history.csv, predictions.csv."""
+        return self.root / "reports" / "train" / condition / f"seed_{seed}"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def work(self) -> Path:
+        """Resumable in-progress state (git- and DVC-ignored; DVC deletes outs before a rerun)."""
+        return self.root / "work"

@@ -1,0 +1,31 @@
+"""Shared fixtures: the repository root, real-data location, tiny params."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lymphaug.config import Params, load_params
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "lymphoma"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def default_params() -> Params:
+    """The committed params.yaml (the quick profile)."""
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """../shared/data/lymphoma, or skip: those images are never copied into the repo."""
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data set not found at {REAL_DATA}")
+    return REAL_DATA

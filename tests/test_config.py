@@ -1,0 +1,86 @@
+"""params.yaml validation, the CLI's error handling, and profiles."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from lymphaug.cli import main
+from lymphaug.config import Params, load_params, parse_params
+from lymphaug.errors import ConfigError
+from lymphaug.profile import apply_profile
+
+
+def test_committed_params_list_every_key(repo_root):
+    """dvc params show must show every value: params.yaml may not lean on defaults."""
+    data = yaml.safe_load((repo_root / "params.yaml").read_text())
+
+    def keys(model_cls, prefix=""):
+        for name, field in model_cls.model_fields.items():
+            ann = field.annotation
+            yield prefix + name
+            if isinstance(ann, type) and issubclass(ann, Params.__mro__[1]):
+                yield from keys(ann, prefix + name + ".")
+
+    for dotted in keys(Params):
+        node = data
+        for part in dotted.split("."):
+            assert isinstance(node, dict) and part in node, f"params.yaml lacks {dotted}"
+            node = node[part]
+
+
+def test_wrong_type_names_the_key(repo_root, tmp_path):
+    data = yaml.safe_load((repo_root / "params.yaml").read_text())
+    data["train"]["epochs"] = "five"
+    data["dct"]["copies_per_imag"] = 2
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    text = str(err.value)
+    assert "train.epochs" in text and "five" in text
+    assert "dct.copies_per_imag" in text and "Extra inputs" in text
+
+
+def test_yaml11_float_without_dot_is_rejected():
+    """PyYAML reads 1e-3 as a string; it must not silently become something else."""
+    with pytest.raises(ConfigError, match="train.learning_rate"):
+        parse_params(yaml.safe_load("train: {learning_rate: 1e-3}"))
+
+
+def test_class_without_prompt_is_an_error():
+    with pytest.raises(ConfigError, match="no prompt for class"):
+        parse_params({"classes": ["CLL", "FL", "XYZ"]})
+
+
+def test_cli_reports_config_error_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("split: {test_fraction: 1.5}\n")
+    assert main(["--params", str(bad), "split"]) == 2
+    err = capsys.readouterr().err
+    assert "split.test_fraction" in err and "Traceback" not in err
+
+
+def test_profile_paper_writes_real_values(repo_root, tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(repo_root / "params.yaml", params)
+    apply_profile(params, repo_root / "profiles" / "paper.yaml")
+    p = load_params(params)
+    assert p.train.weights == "imagenet" and p.finetune.method == "lora"
+    assert p.ingest.source == "folder" and len(p.train.seeds) == 5
+    text = params.read_text()
+    assert "# lymphaug pipeline parameters" in text  # comments survive
+    assert "url: null" in text
+
+
+def test_profile_with_unknown_key_leaves_params_untouched(repo_root, tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(repo_root / "params.yaml", params)
+    before = params.read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochz: 3}\n")
+    with pytest.raises(ConfigError, match="train.epochz"):
+        apply_profile(params, bad)
+    assert params.read_text() == before
