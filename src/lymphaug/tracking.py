@@ -1,0 +1,116 @@
+"""MLflow plumbing shared by the stages that log: one parent run per pipeline execution.
+
+DVC runs each stage as its own process, so the parent run cannot be held open by
+one of them. Instead every stage finds (or creates) the parent run tagged with the
+pipeline key: a hash of the git commit and params.yaml, or ``LYMPHAUG_PIPELINE_ID``
+when set. Children are named explicitly (``train base seed=0``); rerunning a stage
+replaces its earlier child under the same parent, so the compare view never shows
+orphans or duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from lymphaug.config import MlflowConfig
+from lymphaug.errors import LymphaugError
+
+PIPELINE_KEY_TAG = "lymphaug.pipeline_key"
+ROLE_TAG = "lymphaug.role"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+class TrackingError(LymphaugError):
+    """The MLflow tracking server cannot be used."""
+
+
+def tracking_uri(cfg: MlflowConfig, root: Path) -> str:
+    """MLFLOW_TRACKING_URI wins, then params, then a SQLite store in the repository."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    return uri or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, before any long computation, when an HTTP tracking server is down."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            if resp.status >= 400:
+                raise TrackingError(f"MLflow tracking server {uri} answered HTTP {resp.status}")
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({err}); start it, or unset "
+            "MLFLOW_TRACKING_URI / mlflow.tracking_uri to log to the local SQLite store"
+        ) from None
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def pipeline_key(root: Path, params_path: Path | None = None) -> str:
+    """Identify one pipeline execution: same commit + same params -> same parent run."""
+    if key := os.environ.get("LYMPHAUG_PIPELINE_ID"):
+        return key
+    params_path = params_path or root / "params.yaml"
+    text = params_path.read_bytes() if params_path.is_file() else b""
+    digest = hashlib.sha256(git_commit(root).encode() + b"\0" + text).hexdigest()
+    return digest[:16]
+
+
+def setup(cfg: MlflowConfig, root: Path):
+    """Point MLflow at the configured store, check it answers; return (client, experiment_id)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(cfg, root)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
+    return client, exp_id
+
+
+def parent_run_id(client, experiment_id: str, key: str) -> str:
+    """Find or create the parent run of pipeline execution ``key``."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}' and tags.`{ROLE_TAG}` = 'parent'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=f"pipeline {key[:8]}",
+        tags={PIPELINE_KEY_TAG: key, ROLE_TAG: "parent"},
+    )
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def fresh_child_run_id(
+    client, experiment_id: str, parent_id: str, name: str, tags: dict[str, str] | None = None
+) -> str:
+    """Create child run ``name`` under the parent, deleting an earlier one of the same name."""
+    for old in client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.run_name = '{name}'",
+    ):
+        client.delete_run(old.info.run_id)
+    all_tags = {PARENT_TAG: parent_id, ROLE_TAG: "child", **(tags or {})}
+    return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
