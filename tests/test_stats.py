@@ -1,0 +1,146 @@
+"""The comparison statistics against scipy and hand-computed values on known inputs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as ss
+
+from lymphaug import stats
+
+
+def test_bootstrap_ci_contains_mean_and_is_deterministic():
+    v = np.array([0.61, 0.72, 0.66, 0.70, 0.58])
+    a = stats.bootstrap_ci(v, 2000, 0.05, seed=3)
+    b = stats.bootstrap_ci(v, 2000, 0.05, seed=3)
+    c = stats.bootstrap_ci(v, 2000, 0.05, seed=4)
+    assert a == b and a != c
+    assert a[0] < v.mean() < a[1]
+    assert v.min() <= a[0] and a[1] <= v.max()
+
+
+def test_bootstrap_ci_single_value_collapses():
+    assert stats.bootstrap_ci(np.array([0.5]), 100, 0.05, 0) == (0.5, 0.5)
+    s = stats.summarise(np.array([0.5]), 100, 0.05, 0)
+    assert s.n == 1 and math.isnan(s.std)
+
+
+def test_summary_std_is_sample_std():
+    s = stats.summarise(np.array([1.0, 2.0, 3.0, 4.0]), 500, 0.05, 0)
+    assert s.mean == 2.5 and s.std == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
+
+
+def test_paired_t_matches_scipy_and_degenerate_cases():
+    a = np.array([0.60, 0.65, 0.70, 0.62])
+    b = np.array([0.66, 0.64, 0.75, 0.70])
+    r = stats.paired_t(a, b)
+    assert r.p == pytest.approx(ss.ttest_rel(b, a).pvalue)
+    assert stats.paired_t(a, a).p == 1.0
+    assert stats.paired_t(a, a + 0.1).p is None  # constant non-zero difference
+    assert stats.paired_t(a[:1], b[:1]).p is None
+
+
+def _exact_pratt(d):
+    """Hand enumeration: Pratt ranks, drop zeros, flip signs of the rest."""
+    ranks = ss.rankdata(np.abs(d))
+    r = ranks[d != 0]
+    observed = min(r[d[d != 0] > 0].sum(), r[d[d != 0] < 0].sum())
+    count = 0
+    for signs in itertools.product([0, 1], repeat=len(r)):
+        rp = sum(ri for ri, s in zip(r, signs, strict=True) if s)
+        if min(rp, r.sum() - rp) <= observed + 1e-12:
+            count += 1
+    return count / 2 ** len(r)
+
+
+def test_wilcoxon_zero_and_tied_differences_hand_computed():
+    # |d| ranks with the zero: 0->1, 0.02->2, 0.05,0.05->3.5,3.5, 0.1->5; zero dropped.
+    # r- = 2 (for -0.02); over the 16 sign flips of {2, 3.5, 3.5, 5}, min(r+, r-) <= 2
+    # happens 4 times (r- in {0, 2} or r+ in {0, 2}): p = 4/16.
+    a = np.zeros(5)
+    b = np.array([0.0, 0.05, 0.05, -0.02, 0.1])
+    r = stats.wilcoxon(a, b)
+    assert r.p == pytest.approx(0.25)
+    assert r.p == pytest.approx(_exact_pratt(b))
+    assert "zero difference" in r.note and "tied" in r.note and "pratt" in r.method
+    assert "cannot be significant" in r.note  # 4 non-zero pairs: min p = 0.125
+
+
+def test_wilcoxon_without_ties_matches_scipy_exact():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=8)
+    b = a + rng.normal(0.5, 1.0, size=8)
+    r = stats.wilcoxon(a, b)
+    assert r.p == pytest.approx(ss.wilcoxon(b - a, method="exact").pvalue)
+    assert r.note == ""
+
+
+def test_wilcoxon_degenerate_and_power_limit():
+    a = np.array([0.5, 0.6, 0.7])
+    assert stats.wilcoxon(a, a).p == 1.0
+    assert stats.wilcoxon(a[:1], a[:1] + 0.1).p is None
+    assert stats.wilcoxon_min_p(5) == pytest.approx(0.0625)
+    assert stats.wilcoxon_min_p(6) == pytest.approx(0.03125)
+    # six positive differences reach the minimum exactly
+    r = stats.wilcoxon(np.zeros(6), np.arange(1, 7) / 10)
+    assert r.p == pytest.approx(0.03125) and r.note == ""
+
+
+def test_wilcoxon_large_n_uses_normal_approximation():
+    rng = np.random.default_rng(1)
+    d = rng.normal(0.1, 1, size=30)
+    r = stats.wilcoxon(np.zeros(30), d)
+    assert "normal approximation" in r.method
+    assert r.p == pytest.approx(ss.wilcoxon(d, zero_method="pratt", method="approx").pvalue)
+
+
+def test_mcnemar_discordant_counts_and_exact_p():
+    #            pair: 0  1  2  3  4  5  6  7  8  9
+    a = np.array([1, 1, 1, 0, 0, 1, 0, 1, 1, 0], bool)
+    b = np.array([1, 0, 1, 1, 1, 1, 1, 1, 0, 0], bool)
+    assert stats.discordant_counts(a, b) == (2, 3)  # b: pairs 1, 8; c: pairs 3, 4, 6
+    m = stats.mcnemar(a, b)
+    # exact two-sided binomial: P(X <= 2 | n=5, 1/2) * 2 = 2 * 16/32 = 1.0
+    assert m.method == "exact binomial" and m.p == pytest.approx(1.0)
+    assert m.odds_ratio == pytest.approx(1.5)
+    # 0 vs 6 discordant: 2 / 2**6
+    m = stats.mcnemar(np.zeros(6, bool), np.ones(6, bool))
+    assert m.p == pytest.approx(2 / 64) and m.odds_ratio == pytest.approx(6.5 / 0.5)
+
+
+def test_mcnemar_chi_square_with_continuity_correction():
+    a = np.array([1] * 10 + [0] * 30 + [1] * 50, bool)
+    b = np.array([0] * 10 + [1] * 30 + [1] * 50, bool)
+    m = stats.mcnemar(a, b)
+    assert (m.b, m.c) == (10, 30) and m.method.startswith("chi-square")
+    assert m.statistic == pytest.approx((20 - 1) ** 2 / 40)
+    assert m.p == pytest.approx(ss.chi2.sf((20 - 1) ** 2 / 40, 1))
+    assert stats.mcnemar(a, a).p == 1.0
+
+
+def test_cohens_dz():
+    a = np.array([0.5, 0.6, 0.7])
+    b = np.array([0.6, 0.6, 0.9])
+    d = b - a
+    assert stats.cohens_dz(a, b) == pytest.approx(d.mean() / d.std(ddof=1))
+    assert stats.cohens_dz(a, a) is None and stats.cohens_dz(a[:1], b[:1]) is None
+
+
+def test_verdict_lines():
+    base = np.array([0.60, 0.62, 0.58, 0.64, 0.61])
+    aug = np.array([0.63, 0.61, 0.64, 0.66, 0.60])
+    comp = stats.compare_paired("dct", "accuracy", base, aug, 1000, 0.05, 0)
+    mc = stats.mcnemar(np.zeros(4, bool), np.array([1, 0, 0, 0], bool))
+    line = stats.verdict(comp, mc, 0.05, 75)
+    assert line.startswith("+1.8 points, 95% CI [")
+    assert "not significant at 0.05" in line and "5 seeds x 75 test images" in line
+    assert "McNemar p=1" in line
+    one = stats.compare_paired("dct", "accuracy", base[:1], aug[:1], 1000, 0.05, 0)
+    assert "need at least two seeds" in stats.verdict(one, None, 0.05, 75)
+    sig = stats.compare_paired(
+        "s", "accuracy", base, base + np.array([0.1, 0.11, 0.09, 0.1, 0.12]), 1000, 0.05, 0
+    )
+    assert "significant at 0.05 (better than base)" in stats.verdict(sig, None, 0.05, 75)
