@@ -83,7 +83,7 @@ class IngestConfig(Section):
 
 
 class SplitConfig(Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.2, ge=0, lt=1)
     k_folds: int = Field(0, ge=0, description="0: one train/val split; k>=2: k folds")
@@ -102,12 +102,18 @@ class SplitConfig(Section):
 
 
 class DctConfig(Section):
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     methods: list[DctMethod] = ["method1", "method2"]
     copies_per_image: int = Field(1, ge=1)
     method1_std_multiplier: float = Field(2.0, gt=0)
     method2_sigma: float = Field(20.0, ge=0)
     contact_sheet_per_class: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _methods_unique(self) -> DctConfig:
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must be a non-empty list without repeats, got {self.methods}")
+        return self
 
 
 # --- diffusion --------------------------------------------------------------
