@@ -112,7 +112,7 @@ class DctConfig(Section):
     @model_validator(mode="after")
     def _methods_unique(self) -> DctConfig:
         if not self.methods or len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"methods must be a non-empty list without repeats, got {self.methods}")
+            raise ValueError(f"methods must be non-empty, without repeats: {self.methods}")
         return self
 
 
