@@ -55,6 +55,11 @@ class Layout:
         return self.root / "reports"
 
     @property
+    def dct_contact_sheet(self) -> Path:
+        """Original / method 1 / method 2 side by side for a few training images (dct)."""
+        return self.reports / "dct_contact_sheet.png"
+
+    @property
     def work(self) -> Path:
         """Resumable in-progress state (git- and DVC-ignored; DVC deletes outs before a rerun)."""
         return self.root / "work"
