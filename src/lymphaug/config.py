@@ -52,7 +52,7 @@ class ArchiveSource(Section):
     """A .tar.gz / .zip from a path or an http(s):// or file:// URL, checked by sha256."""
 
     url: str | None = None
-    sha256: str | None = None
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="required")
 
 
 class MatSource(Section):

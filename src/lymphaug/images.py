@@ -26,21 +26,33 @@ def to_rgb8(img: Image.Image) -> Image.Image:
             maxval = 65535.0 if arr.max() > 255 or img.mode.startswith("I;16") else 255.0
             scaled = arr.astype(np.float64) / maxval * 255.0
         img = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img)
     return img.convert("RGB")
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to an HxWx3 uint8 array; a clear DataError if it cannot."""
+def decode_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to an HxWx3 uint8 array.
+
+    Raises DataError (without the path, for callers that name the file their own
+    way) for anything that does not fully decode: a text file, a truncated image.
+    """
     try:
         with Image.open(path) as img:
             img.load()
             return np.asarray(to_rgb8(img))
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"{path}: not a readable image ({err})") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataError(f"not a readable image ({type(err).__name__}: {err})") from None
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to an HxWx3 uint8 array; a clear DataError if it cannot."""
+    try:
+        return decode_rgb(path)
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -1,0 +1,239 @@
+"""``lymphaug ingest``: build the canonical raw data set every later stage reads.
+
+Output: ``data/raw/<class>/<name>.png`` (RGB, 8-bit, deterministic PNG bytes) and
+``data/raw/manifest.csv`` (manifest.RAW_COLUMNS; ``sha256`` is the sha256 of the
+written PNG, ``source`` names the original file). Whatever the source (``sample``,
+``folder``, ``archive``), images go through one path: decode, convert to RGB
+8-bit, optional Lanczos resize, encode. The whole folder is written to a
+temporary path and renamed into place, so a failed ingest leaves no data/raw.
+
+Validation, each problem named with its file:
+
+- class folders must match ``classes`` exactly (an extra folder or a class with
+  no images is an error, all of them reported at once);
+- unreadable files (a truncated image, ``notes.txt``): ``on_unreadable: fail``
+  names every one in a single error; ``skip`` leaves them out and lists them in
+  ``data/raw/skipped.txt`` and on stderr;
+- the same image (same pixels, hence same PNG sha256) under two classes is an
+  error naming both files: its label is ambiguous;
+- the same image twice within one class: the first (by source path) is kept,
+  the others are dropped with a warning and listed in ``skipped.txt``. Keeping
+  them would let one image land in both the training and the test split.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from lymphaug import manifest
+from lymphaug.config import IngestConfig, Params
+from lymphaug.errors import DataError, LymphaugError
+from lymphaug.fsutil import atomic_path, sha256_bytes
+from lymphaug.images import decode_rgb, png_bytes
+from lymphaug.paths import Layout
+from lymphaug.sources import archive as archive_src
+from lymphaug.sources.folder import find_class_root, output_names, scan_class_folders
+from lymphaug.sources.sample import sample_image
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to ingest: where it goes, what it came from, how to get its pixels."""
+
+    cls: str
+    name: str  # output file name within the class folder
+    source: str  # for the manifest and for error messages
+    load: Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Result:
+    item: Item
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    error: str = ""
+
+
+def resized(array: np.ndarray, size: list[int] | None) -> np.ndarray:
+    """Scale to [width, height] with Lanczos (antialiased when shrinking)."""
+    if size is None or (array.shape[1], array.shape[0]) == tuple(size):
+        return array
+    img = Image.fromarray(array, "RGB").resize(tuple(size), Image.Resampling.LANCZOS)
+    return np.asarray(img)
+
+
+def convert(item: Item, out: Path, size: list[int] | None) -> Result:
+    """Decode, resize and write one image; a bad input becomes an error Result."""
+    try:
+        array = resized(item.load(), size)
+    except DataError as err:
+        return Result(item, error=str(err))
+    data = png_bytes(array)
+    (out / item.cls / item.name).write_bytes(data)
+    return Result(item, sha256_bytes(data), array.shape[1], array.shape[0])
+
+
+def sample_items(params: Params) -> list[Item]:
+    cfg = params.ingest.sample
+    return [
+        Item(
+            cls,
+            f"{i:04d}.png",
+            f"sample/seed{cfg.seed}/{cls}/{i:04d}",
+            lambda c=c, i=i: sample_image(cfg.seed, c, i, cfg.height, cfg.width),
+        )
+        for c, cls in enumerate(params.classes)
+        for i in range(cfg.per_class)
+    ]
+
+
+def folder_items(root: Path, classes: list[str], prefix: str = "", label: str = "") -> list[Item]:
+    """Items for a folder of class folders; ``source`` is ``<prefix><class>/<rel path>``."""
+    items = []
+    for cls, files in scan_class_folders(root, classes, label or str(root)).items():
+        names = output_names([f.rel for f in files])
+        for f, name in zip(files, names, strict=True):
+            items.append(Item(cls, name, f"{prefix}{cls}/{f.rel}", lambda p=f.path: decode_rgb(p)))
+    return items
+
+
+def process(items: list[Item], out: Path, size: list[int] | None, workers: int) -> list[Result]:
+    """Convert every item, in parallel threads (PIL and zlib release the GIL)."""
+    for cls in sorted({i.cls for i in items}):
+        (out / cls).mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = pool.map(lambda it: convert(it, out, size), items)
+        return list(tqdm(results, total=len(items), desc="ingest", unit="img", disable=None))
+
+
+def check_results(
+    results: list[Result], classes: list[str], cfg: IngestConfig
+) -> tuple[list[Result], list[str]]:
+    """Apply the unreadable and duplicate policies; return kept results and a skip report."""
+    bad = [r for r in results if r.error]
+    if bad and cfg.on_unreadable == "fail":
+        lines = "\n".join(f"  {r.item.source}: {r.error}" for r in bad)
+        raise DataError(
+            f"{len(bad)} unreadable file(s) (set ingest.on_unreadable: skip to leave them out):"
+            f"\n{lines}"
+        )
+    report = [f"{r.item.source}\tunreadable: {r.error}" for r in bad]
+    good = [r for r in results if not r.error]
+
+    first: dict[str, Result] = {}
+    kept, clashes = [], []
+    for r in sorted(good, key=lambda r: (classes.index(r.item.cls), r.item.source)):
+        seen = first.get(r.sha256)
+        if seen is None:
+            first[r.sha256] = r
+            kept.append(r)
+        elif seen.item.cls != r.item.cls:
+            clashes.append(f"  {seen.item.source} and {r.item.source}")
+        else:
+            report.append(f"{r.item.source}\tduplicate of {seen.item.source}")
+    if clashes:
+        raise DataError(
+            f"{len(clashes)} image(s) appear under two classes (same pixels), so their label "
+            "is ambiguous; remove one copy of each:\n" + "\n".join(clashes)
+        )
+    empty = [c for c in classes if not any(r.item.cls == c for r in kept)]
+    if empty:
+        raise DataError(f"class(es) {empty} have no readable images")
+    return kept, report
+
+
+def ingest(items: list[Item], target: Path, params: Params, workers: int) -> pd.DataFrame:
+    """Write the raw data set for ``items`` atomically at ``target``; return the manifest."""
+    cfg = params.ingest
+    with atomic_path(target) as tmp:
+        results = process(items, tmp, cfg.resize, workers)
+        kept, report = check_results(results, params.classes, cfg)
+        dropped = {(r.item.cls, r.item.name) for r in results} - {
+            (r.item.cls, r.item.name) for r in kept
+        }
+        for cls, name in dropped:
+            (tmp / cls / name).unlink(missing_ok=True)
+        df = pd.DataFrame(
+            {
+                "path": [f"{r.item.cls}/{r.item.name}" for r in kept],
+                "class": [r.item.cls for r in kept],
+                "sha256": [r.sha256 for r in kept],
+                "width": [r.width for r in kept],
+                "height": [r.height for r in kept],
+                "source": [r.item.source for r in kept],
+            }
+        )
+        manifest.write_table(df, tmp / "manifest.csv", manifest.RAW_COLUMNS)
+        if report:
+            (tmp / "skipped.txt").write_text("\n".join(sorted(report)) + "\n")
+            print(
+                f"ingest: left out {len(report)} file(s), listed in {target / 'skipped.txt'}:",
+                file=sys.stderr,
+            )
+            for line in sorted(report)[:20]:
+                print(f"  {line}", file=sys.stderr)
+    return df
+
+
+def run(params: Params, layout: Layout, args: object) -> int:
+    cfg = params.ingest
+    start = time.perf_counter()
+    workers = min(8, os.cpu_count() or 1)
+    if cfg.source == "sample":
+        what = f"sample (seed {cfg.sample.seed})"
+        df = ingest(sample_items(params), layout.raw, params, workers)
+    elif cfg.source == "folder":
+        if not cfg.folder:
+            raise LymphaugError("ingest.source is folder but ingest.folder is not set")
+        root = Path(cfg.folder).expanduser()
+        root = root if root.is_absolute() else layout.root / root
+        what = f"folder {cfg.folder}"
+        df = ingest(folder_items(root, params.classes), layout.raw, params, workers)
+    elif cfg.source == "archive":
+        url = cfg.archive.url
+        if not url:
+            raise LymphaugError("ingest.source is archive but ingest.archive.url is not set")
+        what = f"archive {url}"
+        work = layout.work / "ingest"
+        local = archive_src.fetch(url, cfg.archive.sha256, layout.root, work)
+        name = archive_src.archive_name(url)
+        work.mkdir(parents=True, exist_ok=True)
+        unpacked = Path(tempfile.mkdtemp(prefix=".unpack-", dir=work))
+        try:
+            archive_src.unpack(local, unpacked, url)
+            try:
+                root = find_class_root(unpacked, params.classes)
+            except DataError as err:
+                raise DataError(f"{url}: {err}") from None
+            prefix = f"{name}:{root.relative_to(unpacked).as_posix()}/".replace(":./", ":")
+            items = folder_items(
+                root, params.classes, prefix, label=f"{url}:{prefix.split(':', 1)[1]}"
+            )
+            df = ingest(items, layout.raw, params, workers)
+        finally:
+            shutil.rmtree(unpacked, ignore_errors=True)
+    else:
+        raise LymphaugError(
+            "ingest.source mat is not implemented yet; unpack the images and use "
+            "source: folder (or archive) instead"
+        )
+    counts = ", ".join(f"{c} {int((df['class'] == c).sum())}" for c in params.classes)
+    print(
+        f"ingest: {len(df)} images ({counts}) from {what} -> {layout.raw} "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
+    return 0

@@ -1,0 +1,217 @@
+"""Fetching, verifying and safely unpacking a data set archive (.tar.gz/.tgz/.tar/.zip).
+
+The archive may be a local path (relative to the repository root), a
+``file://`` URL or an ``http(s)://`` URL; its sha256 must be given in params, so
+the same params always mean the same bytes. Downloads go to a temporary
+``.part`` file under ``work/ingest`` that is deleted on any failure (a dropped
+connection, a short body, a checksum mismatch): nothing half-downloaded is ever
+kept or unpacked. A verified download is kept as ``work/ingest/archives/<sha256>``
+so a rerun does not fetch it again.
+
+Unpacking refuses, before writing anything, every member that could land outside
+the target folder: absolute paths, ``..`` components, drive letters, links whose
+target escapes, device files. Python's ``data`` extraction filter runs on top as
+a second guard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import posixpath
+import re
+import stat
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from lymphaug.errors import DataError
+from lymphaug.fsutil import remove, sha256_file
+
+CHUNK = 1 << 20
+TIMEOUT_S = 60
+
+
+def is_url(location: str) -> bool:
+    return urllib.parse.urlsplit(location).scheme in ("http", "https")
+
+
+def resolve_local(location: str, root: Path) -> Path | None:
+    """A local path for a plain path or a file:// URL, else None (a remote URL)."""
+    parts = urllib.parse.urlsplit(location)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise DataError(f"{location}: file:// URLs must be local (file:///path)")
+        return Path(urllib.request.url2pathname(parts.path))
+    if parts.scheme in ("http", "https"):
+        return None
+    if len(parts.scheme) > 1:  # a one-letter scheme is a Windows drive letter
+        raise DataError(f"{location}: unsupported URL scheme {parts.scheme!r} (http, https, file)")
+    path = Path(location).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def archive_name(location: str) -> str:
+    """The archive's file name, for messages and the manifest's source column."""
+    path = urllib.parse.unquote(urllib.parse.urlsplit(location).path)
+    return posixpath.basename(path.rstrip("/")) or "archive"
+
+
+def download(url: str, folder: Path) -> tuple[Path, str]:
+    """Download ``url`` into a temporary file in ``folder``; return it and its sha256.
+
+    The temporary file is removed on any failure, including a body shorter than
+    the announced Content-Length (urllib does not raise for that by itself).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=folder)
+    part = Path(name)
+    digest = hashlib.sha256()
+    got = 0
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "lymphaug"})
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp,
+        ):
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=archive_name(url), disable=None
+            ) as bar:
+                while chunk := resp.read(CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+        if total is not None and got != total:
+            raise DataError(
+                f"{url}: download incomplete: got {got} of {total} bytes "
+                "(connection dropped?); nothing was kept"
+            )
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
+        remove(part)
+        reason = getattr(err, "reason", None) or err
+        raise DataError(
+            f"{url}: download failed after {got} bytes ({reason}); nothing was kept"
+        ) from None
+    except BaseException:
+        remove(part)
+        raise
+    return part, digest.hexdigest()
+
+
+def fetch(location: str, expected: str | None, root: Path, work: Path) -> Path:
+    """A verified local copy of the archive (the file itself when it is local)."""
+    expected = expected.lower() if expected else None
+    local = resolve_local(location, root)
+    if local is not None:
+        if not local.is_file():
+            raise DataError(f"{location}: archive not found ({local})")
+        _verify(location, expected, sha256_file(local))
+        return local
+    cache = work / "archives"
+    if expected and (cached := cache / expected).is_file():
+        if sha256_file(cached) == expected:
+            return cached
+        remove(cached)
+    part, actual = download(location, work)
+    try:
+        _verify(location, expected, actual)
+    except DataError:
+        remove(part)
+        raise
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / actual
+    os.replace(part, target)
+    return target
+
+
+def _verify(location: str, expected: str | None, actual: str) -> None:
+    if expected is None:
+        raise DataError(
+            f"{location}: ingest.archive.sha256 is not set; this file's sha256 is {actual}. "
+            "Check it against the publisher's checksum, then set it in params.yaml"
+        )
+    if actual != expected:
+        raise DataError(
+            f"{location}: sha256 mismatch: expected {expected}, got {actual} "
+            "(a corrupt or changed file, or a wrong ingest.archive.sha256); nothing was kept"
+        )
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def _escapes(name: str) -> bool:
+    """True if an archive member name could resolve outside the target folder."""
+    name = name.replace("\\", "/")
+    if name.startswith("/") or _DRIVE.match(name):
+        return True
+    return ".." in name.split("/")
+
+
+def _link_escapes(member_name: str, target: str) -> bool:
+    target = target.replace("\\", "/")
+    if target.startswith("/") or _DRIVE.match(target):
+        return True
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(member_name), target))
+    return joined == ".." or joined.startswith("../")
+
+
+def unpack(archive: Path, dest: Path, label: str) -> None:
+    """Unpack a zip or tar (any compression) into ``dest`` after checking every member."""
+    try:
+        if zipfile.is_zipfile(archive):
+            _unzip(archive, dest, label)
+        elif tarfile.is_tarfile(archive):
+            _untar(archive, dest, label)
+        else:
+            raise DataError(f"{label}: not a .tar.gz, .tgz, .tar or .zip archive")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+        raise DataError(f"{label}: corrupt archive ({err})") from None
+
+
+def _refuse(label: str, bad: list[str]) -> None:
+    if bad:
+        shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise DataError(f"{label}: refusing to unpack unsafe member(s): {shown}")
+
+
+def _untar(archive: Path, dest: Path, label: str) -> None:
+    with tarfile.open(archive) as tar:
+        members = tar.getmembers()
+        bad = []
+        for m in members:
+            if _escapes(m.name):
+                bad.append(f"{m.name!r} escapes the target folder")
+            elif (m.issym() or m.islnk()) and _link_escapes(
+                m.name if m.issym() else "", m.linkname
+            ):
+                bad.append(f"{m.name!r} links outside the target folder ({m.linkname!r})")
+            elif not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+                bad.append(f"{m.name!r} is a device or special file")
+        _refuse(label, bad)
+        tar.extractall(dest, members=members, filter="data")
+
+
+def _unzip(archive: Path, dest: Path, label: str) -> None:
+    with zipfile.ZipFile(archive) as zf:
+        bad = []
+        for info in zf.infolist():
+            if _escapes(info.filename):
+                bad.append(f"{info.filename!r} escapes the target folder")
+            elif stat.S_ISLNK(info.external_attr >> 16):
+                # zipfile writes a link as a small file holding its target, never a real link
+                target = zf.read(info).decode("utf-8", "replace")
+                if _link_escapes(info.filename, target):
+                    bad.append(f"{info.filename!r} links outside the target folder ({target!r})")
+        _refuse(label, bad)
+        zf.extractall(dest)
