@@ -1,0 +1,100 @@
+"""DVC behaviour of ingest -> split -> dct in a real throwaway DVC repository.
+
+The repository's dvc.yaml and params.yaml (with a tiny sample source) and a copy of
+``src/`` (the stages' code dependencies) go into a fresh ``git init`` + ``dvc init``
+folder; the stages run through the installed ``lymphaug`` CLI, exactly as ``dvc repro``
+runs them for a user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lymphaug import manifest
+
+STAGES = ("ingest", "split", "dct")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("dvc") is None or shutil.which("lymphaug") is None,
+    reason="dvc and the lymphaug CLI must be installed",
+)
+
+
+def sh(cwd: Path, *cmd: str) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc.stdout + proc.stderr
+
+
+def set_param(repo: Path, section: str, key: str, value: object) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    node = params
+    for part in section.split("."):
+        node = node[part]
+    node[key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture
+def dvc_repo(tmp_path, repo_root) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(repo_root / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(repo_root / "params.yaml", repo / "params.yaml")
+    shutil.copytree(
+        repo_root / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q")
+    set_param(repo, "ingest", "source", "sample")
+    set_param(repo, "ingest.sample", "per_class", 6)
+    set_param(repo, "ingest.sample", "width", 96)
+    set_param(repo, "ingest.sample", "height", 72)
+    return repo
+
+
+def repro(repo: Path) -> str:
+    return sh(repo, "dvc", "repro", "dct")  # dct and what it depends on, not later stages
+
+
+def test_repro_twice_then_one_dct_param(dvc_repo):
+    if not (dvc_repo / "src" / "lymphaug" / "ingest.py").is_file():
+        pytest.skip("the ingest stage is not in this checkout yet")
+    repo = dvc_repo
+    first = repro(repo)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in first
+    raw = manifest.read_table(repo / "data/raw/manifest.csv", manifest.RAW_COLUMNS)
+    assert len(raw) == 18
+    split = manifest.read_table(repo / "data/split.csv", manifest.SPLIT_COLUMNS)
+    dct = manifest.read_table(repo / "data/dct/manifest.csv", manifest.DCT_COLUMNS)
+    n_train = (split["split"] == "train").sum()
+    assert len(dct) == 2 * n_train and (repo / "reports/dct_contact_sheet.png").is_file()
+    assert (repo / "dvc.lock").is_file()
+
+    second = repro(repo)
+    assert "Running stage" not in second
+    assert all(f"Stage '{s}' didn't change" in second for s in STAGES)
+    assert "up to date" in sh(repo, "dvc", "status")
+
+    split_bytes = (repo / "data/split.csv").read_bytes()
+    before = (repo / "data/dct/manifest.csv").stat().st_mtime_ns
+    set_param(repo, "dct", "method2_sigma", 40.0)
+    status = sh(repo, "dvc", "status")
+    assert "dct:" in status and "ingest:" not in status and "split:" not in status
+    third = repro(repo)
+    assert "Running stage 'dct'" in third
+    assert "Running stage 'ingest'" not in third and "Running stage 'split'" not in third
+    assert (repo / "data/split.csv").read_bytes() == split_bytes
+    assert (repo / "data/dct/manifest.csv").stat().st_mtime_ns != before
+    assert "up to date" in sh(repo, "dvc", "status")
