@@ -1,0 +1,1 @@
+"""Readers for the ingest stage's sources: generated sample, class folders, archives."""

@@ -98,7 +98,10 @@ def download(url: str, folder: Path) -> tuple[Path, str]:
             )
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
         remove(part)
-        reason = getattr(err, "reason", None) or err
+        if isinstance(err, urllib.error.HTTPError):
+            reason = f"HTTP {err.code} {err.reason}"
+        else:
+            reason = getattr(err, "reason", None) or err
         raise DataError(
             f"{url}: download failed after {got} bytes ({reason}); nothing was kept"
         ) from None

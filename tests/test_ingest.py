@@ -1,0 +1,476 @@
+"""The ingest stage on real files: every source, every format, every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lymphaug import ingest
+from lymphaug.cli import main
+from lymphaug.config import Params, parse_params
+from lymphaug.errors import DataError, LymphaugError
+from lymphaug.manifest import RAW_COLUMNS, read_table
+from lymphaug.paths import Layout
+
+CLASSES = ["CLL", "FL", "MCL"]
+
+
+def make_params(**ingest_cfg) -> Params:
+    return parse_params({"ingest": ingest_cfg})
+
+
+def run_ingest(root: Path, **ingest_cfg) -> Layout:
+    layout = Layout(root)
+    ingest.run(make_params(**ingest_cfg), layout, None)
+    return layout
+
+
+def noise(seed: int, h: int = 12, w: int = 16, channels: int = 3) -> np.ndarray:
+    shape = (h, w, channels) if channels > 1 else (h, w)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def tiny_dataset(root: Path, per_class: int = 2, suffix: str = ".png", size=(16, 12)) -> Path:
+    """root/<class>/<i><suffix>: distinct random RGB images."""
+    for c, cls in enumerate(CLASSES):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(noise(100 * c + i, size[1], size[0])).save(root / cls / f"{i}{suffix}")
+    return root
+
+
+def files_under(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+# --- sample -----------------------------------------------------------------
+
+
+def test_sample_is_deterministic_and_shaped_like_the_real_set(tmp_path):
+    default = make_params()
+    items = ingest.sample_items(default)
+    assert [i.cls for i in items].count("CLL") == 30 and len(items) == 90
+
+    # each image has its own random stream, so 3 per class are the default set's first 3
+    layout = run_ingest(tmp_path / "a", sample={"per_class": 3})
+    df = read_table(layout.raw_manifest, RAW_COLUMNS)
+    assert df["class"].value_counts().to_dict() == {"CLL": 3, "FL": 3, "MCL": 3}
+    assert set(df["width"]) == {417} and set(df["height"]) == {312}
+    with Image.open(layout.raw / df["path"][0]) as img:
+        assert img.mode == "RGB" and img.size == (417, 312)
+    sha = hashlib.sha256((layout.raw / df["path"][0]).read_bytes()).hexdigest()
+    assert sha == df["sha256"][0]
+    assert df["sha256"].is_unique
+
+    again = run_ingest(tmp_path / "b", sample={"per_class": 3})
+    assert read_table(again.raw_manifest, RAW_COLUMNS).equals(df)
+    other = run_ingest(tmp_path / "c", sample={"per_class": 3, "seed": 1})
+    assert set(read_table(other.raw_manifest, RAW_COLUMNS)["sha256"]).isdisjoint(df["sha256"])
+
+
+def test_sample_classes_differ_in_nuclei():
+    """Coverage of dark (hematoxylin) pixels: CLL dense, MCL sparser; FL clumped."""
+    from lymphaug.sources.sample import sample_image
+
+    def stats(c):
+        imgs = [sample_image(0, c, i, 156, 208).astype(float) for i in range(4)]
+        dark = [(im.sum(axis=2) < 400) for im in imgs]
+        coverage = np.mean([d.mean() for d in dark])
+        # clumping: variance of dark coverage over 26x26 tiles
+        tiles = np.mean([d.reshape(6, 26, 8, 26).mean(axis=(1, 3)).std() for d in dark])
+        return coverage, tiles
+
+    cll, fl, mcl = stats(0), stats(1), stats(2)
+    assert cll[0] > mcl[0]
+    assert fl[1] > cll[1] and fl[1] > mcl[1]
+
+
+# --- folder -----------------------------------------------------------------
+
+
+def test_folder_converts_every_pil_format(tmp_path):
+    src = tmp_path / "src"
+    for cls in CLASSES:
+        (src / cls).mkdir(parents=True)
+    rgb = noise(1)
+    Image.fromarray(rgb).save(src / "CLL" / "a.png")
+    gx, gy = np.meshgrid(np.arange(16) * 15, np.arange(12) * 20)
+    smooth = np.dstack([gx, gy, np.full((12, 16), 90)])
+    Image.fromarray(smooth.astype(np.uint8)).save(src / "CLL" / "b.jpg", quality=95)
+    # 16-bit grayscale TIFF: 0, 32768 and 65535 must map to 0, 128, 255 (scaled, not clipped)
+    g16 = np.zeros((12, 16), np.uint16)
+    g16[:, 5:10], g16[:, 10:] = 32768, 65535
+    img16 = Image.fromarray(g16)
+    assert img16.mode.startswith("I;16")
+    img16.save(src / "FL" / "c.tif")
+    # RGBA: a fully transparent half composites onto white
+    rgba = np.dstack([noise(3), np.full((12, 16), 255, np.uint8)])
+    rgba[:, 8:, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(src / "FL" / "d.png")
+    Image.fromarray(noise(4, channels=1), "L").save(src / "MCL" / "e.png")
+    Image.fromarray(noise(5)).convert("P", palette=Image.Palette.ADAPTIVE).save(
+        src / "MCL" / "f.gif"
+    )
+    layout = run_ingest(tmp_path, source="folder", folder="src")
+
+    df = read_table(layout.raw_manifest, RAW_COLUMNS).set_index("source")
+    assert sorted(df.index) == ["CLL/a.png", "CLL/b.jpg", "FL/c.tif", "FL/d.png", "MCL/e.png",
+                                "MCL/f.gif"]  # fmt: skip
+    assert sorted(df["path"]) == ["CLL/a.png", "CLL/b.png", "FL/c.png", "FL/d.png", "MCL/e.png",
+                                  "MCL/f.png"]  # fmt: skip
+
+    def out(source):
+        with Image.open(layout.raw / df.loc[source, "path"]) as img:
+            assert img.mode == "RGB" and img.size == (16, 12)
+            return np.asarray(img)
+
+    assert np.array_equal(out("CLL/a.png"), rgb)
+    assert np.abs(out("CLL/b.jpg").astype(int) - smooth).mean() < 5
+    tif = out("FL/c.tif")
+    assert tif[0, 0].tolist() == [0, 0, 0]
+    assert tif[0, 7].tolist() == [128, 128, 128]
+    assert tif[0, 12].tolist() == [255, 255, 255]
+    d = out("FL/d.png")
+    assert np.array_equal(d[:, :8], noise(3)[:, :8]) and (d[:, 8:] == 255).all()
+    e = out("MCL/e.png")
+    assert np.array_equal(e[..., 0], noise(4, channels=1)) and (e[..., 0] == e[..., 2]).all()
+    assert out("MCL/f.gif").std() > 10
+
+
+def test_resize_scales_every_image(tmp_path):
+    tiny_dataset(tmp_path / "src", size=(40, 30))
+    layout = run_ingest(tmp_path, source="folder", folder="src", resize=[20, 16])
+    df = read_table(layout.raw_manifest, RAW_COLUMNS)
+    assert set(df["width"]) == {20} and set(df["height"]) == {16}
+    for p in df["path"]:
+        with Image.open(layout.raw / p) as img:
+            assert img.size == (20, 16)
+
+
+def test_reingest_replaces_the_old_data_set(tmp_path):
+    tiny_dataset(tmp_path / "src", per_class=3)
+    layout = run_ingest(tmp_path, source="folder", folder="src")
+    (tmp_path / "src" / "CLL" / "2.png").unlink()
+    run_ingest(tmp_path, source="folder", folder="src")
+    assert not (layout.raw / "CLL" / "2.png").exists()
+    assert len(read_table(layout.raw_manifest, RAW_COLUMNS)) == 8
+
+
+# --- bad input --------------------------------------------------------------
+
+
+def test_unreadable_files_are_all_named_at_once(tmp_path):
+    src = tiny_dataset(tmp_path / "src")
+    good = (src / "CLL" / "0.png").read_bytes()
+    (src / "CLL" / "truncated.png").write_bytes(good[: len(good) // 2])
+    (src / "FL" / "notes.txt").write_text("scanned on a Tuesday\n")
+    (src / "MCL" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # ignorable: not reported
+    (src / "MCL" / "Thumbs.db").write_bytes(b"\0")
+    with pytest.raises(DataError) as err:
+        run_ingest(tmp_path, source="folder", folder="src")
+    text = str(err.value)
+    assert "2 unreadable file(s)" in text
+    assert "CLL/truncated.png" in text and "FL/notes.txt" in text
+    assert ".DS_Store" not in text and "Thumbs.db" not in text
+    assert not (tmp_path / "data").exists() or not files_under(tmp_path / "data")
+
+
+def test_on_unreadable_skip_leaves_them_out_and_reports(tmp_path, capsys):
+    src = tiny_dataset(tmp_path / "src")
+    (src / "FL" / "notes.txt").write_text("not an image\n")
+    good = (src / "CLL" / "0.png").read_bytes()
+    (src / "CLL" / "truncated.png").write_bytes(good[:60])
+    layout = run_ingest(tmp_path, source="folder", folder="src", on_unreadable="skip")
+    df = read_table(layout.raw_manifest, RAW_COLUMNS)
+    assert len(df) == 6
+    report = (layout.raw / "skipped.txt").read_text()
+    assert "FL/notes.txt\tunreadable" in report and "CLL/truncated.png\tunreadable" in report
+    assert "FL/notes.txt" in capsys.readouterr().err
+
+
+def test_empty_class_folder(tmp_path):
+    src = tiny_dataset(tmp_path / "src")
+    for p in (src / "MCL").iterdir():
+        p.unlink()
+    (src / "MCL" / ".DS_Store").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"class MCL: folder MCL/ holds no images"):
+        run_ingest(tmp_path, source="folder", folder="src")
+
+
+def test_class_with_only_unreadable_files_is_an_error_even_when_skipping(tmp_path):
+    src = tiny_dataset(tmp_path / "src")
+    for p in (src / "MCL").iterdir():
+        p.write_text("corrupt")
+    with pytest.raises(DataError, match=r"\['MCL'\] have no readable images"):
+        run_ingest(tmp_path, source="folder", folder="src", on_unreadable="skip")
+
+
+def test_folder_not_in_configured_classes(tmp_path):
+    src = tiny_dataset(tmp_path / "src")
+    (src / "DLBCL").mkdir()
+    Image.fromarray(noise(99)).save(src / "DLBCL" / "x.png")
+    (src / "README.md").write_text("documentation at the root is fine\n")
+    (src / ".git").mkdir()
+    with pytest.raises(DataError, match=r"folder\(s\) \['DLBCL'\] are not configured classes"):
+        run_ingest(tmp_path, source="folder", folder="src")
+
+
+def test_missing_class_folder(tmp_path):
+    src = tiny_dataset(tmp_path / "src")
+    for p in (src / "FL").iterdir():
+        p.unlink()
+    (src / "FL").rmdir()
+    with pytest.raises(DataError, match="class FL: no folder FL/"):
+        run_ingest(tmp_path, source="folder", folder="src")
+
+
+def test_same_image_under_two_classes_names_both(tmp_path):
+    src = tiny_dataset(tmp_path / "src")
+    # same pixels, different format: still the same image
+    with Image.open(src / "CLL" / "1.png") as img:
+        img.save(src / "MCL" / "copy.tif")
+    with pytest.raises(DataError) as err:
+        run_ingest(tmp_path, source="folder", folder="src")
+    assert "CLL/1.png and MCL/copy.tif" in str(err.value)
+    assert not (tmp_path / "data" / "raw").exists()
+
+
+def test_duplicate_within_a_class_is_dropped_and_reported(tmp_path):
+    src = tiny_dataset(tmp_path / "src")
+    (src / "FL" / "again.png").write_bytes((src / "FL" / "0.png").read_bytes())
+    layout = run_ingest(tmp_path, source="folder", folder="src")
+    df = read_table(layout.raw_manifest, RAW_COLUMNS)
+    assert len(df) == 6 and "FL/again.png" not in set(df["source"])
+    assert not (layout.raw / "FL" / "again.png").exists()
+    assert "FL/again.png\tduplicate of FL/0.png" in (layout.raw / "skipped.txt").read_text()
+
+
+def test_same_stem_in_two_formats_gets_distinct_names(tmp_path):
+    src = tiny_dataset(tmp_path / "src")
+    Image.fromarray(noise(77)).save(src / "CLL" / "0.jpg")
+    (src / "CLL" / "sub dir").mkdir()
+    Image.fromarray(noise(78)).save(src / "CLL" / "sub dir" / "x.png")
+    layout = run_ingest(tmp_path, source="folder", folder="src")
+    paths = set(read_table(layout.raw_manifest, RAW_COLUMNS)["path"])
+    assert {"CLL/0_png.png", "CLL/0_jpg.png", "CLL/1.png", "CLL/sub_dir__x.png"} <= paths
+
+
+def test_cli_bad_input_exits_2_with_one_line_message(tmp_path, capsys):
+    src = tiny_dataset(tmp_path / "src")
+    (src / "FL" / "notes.txt").write_text("x")
+    params = tmp_path / "params.yaml"
+    params.write_text("ingest: {source: folder, folder: src}\n")
+    assert main(["--params", str(params), "--root", str(tmp_path), "ingest"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lymphaug ingest: error: 1 unreadable file(s)")
+    assert "FL/notes.txt" in err and "Traceback" not in err
+
+
+def test_mat_source_is_a_clear_not_implemented_error(tmp_path):
+    with pytest.raises(LymphaugError, match="mat is not implemented"):
+        run_ingest(tmp_path, source="mat")
+
+
+# --- archive ----------------------------------------------------------------
+
+
+def iicbu_like_tree(root: Path) -> Path:
+    """lymphoma/<class>/*.tif (tiny stand-ins for the 1388 x 1040 originals)."""
+    top = root / "lymphoma"
+    for c, cls in enumerate(CLASSES):
+        (top / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(noise(10 * c + i, 13, 17)).save(top / cls / f"sj-{c}{i}.tif")
+    (top / ".DS_Store").write_bytes(b"x")
+    return top
+
+
+def make_tar(path: Path, tree: Path) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(tree, arcname=tree.name)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_zip(path: Path, tree: Path) -> str:
+    with zipfile.ZipFile(path, "w") as zf:
+        for f in files_under(tree):
+            zf.write(f, f.relative_to(tree.parent).as_posix())
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_iicbu_ingested(layout: Layout, archive_name: str) -> None:
+    df = read_table(layout.raw_manifest, RAW_COLUMNS)
+    assert df["class"].value_counts().to_dict() == {"CLL": 2, "FL": 2, "MCL": 2}
+    assert set(df["width"]) == {17} and set(df["height"]) == {13}
+    assert f"{archive_name}:lymphoma/CLL/sj-00.tif" in set(df["source"])
+    assert "CLL/sj-00.png" in set(df["path"])
+
+
+def test_local_archive_with_top_level_folder(tmp_path):
+    sha = make_tar(tmp_path / "lymphoma.tar.gz", iicbu_like_tree(tmp_path / "tree"))
+    layout = run_ingest(
+        tmp_path, source="archive", archive={"url": "lymphoma.tar.gz", "sha256": sha.upper()}
+    )
+    assert_iicbu_ingested(layout, "lymphoma.tar.gz")
+    assert not files_under(layout.work)  # the unpacked copy is gone
+
+
+def test_file_url_zip(tmp_path):
+    sha = make_zip(tmp_path / "set.zip", iicbu_like_tree(tmp_path / "tree"))
+    url = (tmp_path / "set.zip").as_uri()
+    layout = run_ingest(tmp_path / "repo", source="archive", archive={"url": url, "sha256": sha})
+    assert_iicbu_ingested(layout, "set.zip")
+
+
+def test_archive_checksum_mismatch(tmp_path):
+    make_tar(tmp_path / "a.tgz", iicbu_like_tree(tmp_path / "tree"))
+    with pytest.raises(
+        DataError, match=r"a.tgz: sha256 mismatch: expected 0{64}, got [0-9a-f]{64}"
+    ):
+        run_ingest(tmp_path, source="archive", archive={"url": "a.tgz", "sha256": "0" * 64})
+    assert not (tmp_path / "data").exists()
+
+
+def test_archive_without_checksum_tells_the_actual_one(tmp_path):
+    sha = make_tar(tmp_path / "a.tgz", iicbu_like_tree(tmp_path / "tree"))
+    with pytest.raises(DataError, match=f"sha256 is not set; this file's sha256 is {sha}"):
+        run_ingest(tmp_path, source="archive", archive={"url": "a.tgz"})
+
+
+def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, **attrs) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for k, v in attrs.items():
+        setattr(info, k, v)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(noise(seed)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "evil",
+    ["../evil.png", "CLL/../../evil.png", "/tmp/lymphaug-evil.png", "link"],
+    ids=["dotdot", "nested-dotdot", "absolute", "symlink-out"],
+)
+def test_archive_member_escaping_is_refused(tmp_path, evil):
+    path = tmp_path / "a.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for c, cls in enumerate(CLASSES):
+            add_bytes(tar, f"{cls}/ok.png", png(c))
+        if evil == "link":
+            add_bytes(tar, "CLL/link.png", b"", type=tarfile.SYMTYPE, linkname="../../outside.png")
+        else:
+            add_bytes(tar, evil, png(9))
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    repo = tmp_path / "repo"
+    with pytest.raises(DataError, match="refusing to unpack unsafe member"):
+        run_ingest(repo, source="archive", archive={"url": str(path), "sha256": sha})
+    assert not (tmp_path / "evil.png").exists() and not Path("/tmp/lymphaug-evil.png").exists()
+    assert not (repo / "data").exists() and not files_under(repo / "work")
+
+
+def test_zip_member_escaping_is_refused(tmp_path):
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("CLL/ok.png", png(1))
+        zf.writestr("../evil.png", png(2))
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(DataError, match=r"'\.\./evil\.png' escapes the target folder"):
+        run_ingest(tmp_path / "repo", source="archive", archive={"url": str(path), "sha256": sha})
+    assert not (tmp_path / "evil.png").exists()
+
+
+@pytest.fixture
+def http_root(tmp_path, monkeypatch) -> Iterator[tuple[str, Path]]:
+    """A real loopback HTTP server over a folder; yields (base URL, folder)."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    folder = tmp_path / "www"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if self.path.startswith("/broken/"):
+                # announce the whole file, send a third of it, hang up
+                data = (folder / self.path.removeprefix("/broken/")).read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 3])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=folder))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", folder
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_archive_over_http_with_iicbu_layout(tmp_path, http_root):
+    base, www = http_root
+    sha = make_tar(www / "lymphoma.tar.gz", iicbu_like_tree(tmp_path / "tree"))
+    repo = tmp_path / "repo"
+    cfg = {"url": f"{base}/lymphoma.tar.gz", "sha256": sha}
+    layout = run_ingest(repo, source="archive", archive=cfg)
+    assert_iicbu_ingested(layout, "lymphoma.tar.gz")
+    # the verified download is cached by checksum; nothing else is left in work/
+    assert [p.name for p in files_under(layout.work)] == [sha]
+    (www / "lymphoma.tar.gz").unlink()  # a rerun does not need the server
+    run_ingest(repo, source="archive", archive=cfg)
+    assert_iicbu_ingested(layout, "lymphoma.tar.gz")
+
+
+def test_download_dropped_half_way_leaves_nothing(tmp_path, http_root):
+    base, www = http_root
+    sha = make_tar(www / "lymphoma.tar.gz", iicbu_like_tree(tmp_path / "tree"))
+    repo = tmp_path / "repo"
+    cfg = {"url": f"{base}/broken/lymphoma.tar.gz", "sha256": sha}
+    with pytest.raises(DataError, match=r"download incomplete: got \d+ of \d+ bytes"):
+        run_ingest(repo, source="archive", archive=cfg)
+    assert not (repo / "data").exists()
+    assert not files_under(repo / "work")
+
+
+def test_download_http_error_is_clear(tmp_path, http_root):
+    base, _ = http_root
+    cfg = {"url": f"{base}/missing.tar.gz", "sha256": "0" * 64}
+    with pytest.raises(DataError, match=r"download failed .*404"):
+        run_ingest(tmp_path, source="archive", archive=cfg)
+    assert not files_under(tmp_path)
+
+
+# --- the real data set ------------------------------------------------------
+
+
+@pytest.mark.realdata
+def test_real_data_folder(tmp_path, real_data):
+    layout = run_ingest(tmp_path, source="folder", folder=str(real_data))
+    df = read_table(layout.raw_manifest, RAW_COLUMNS)
+    assert len(df) == 374
+    assert df["class"].value_counts().to_dict() == {"CLL": 113, "FL": 139, "MCL": 122}
+    assert set(df["width"]) == {417} and set(df["height"]) == {312}
+    assert not (layout.raw / "skipped.txt").exists()
