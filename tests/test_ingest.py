@@ -474,3 +474,23 @@ def test_real_data_folder(tmp_path, real_data):
     assert df["class"].value_counts().to_dict() == {"CLL": 113, "FL": 139, "MCL": 122}
     assert set(df["width"]) == {417} and set(df["height"]) == {312}
     assert not (layout.raw / "skipped.txt").exists()
+
+
+def test_archive_without_class_folders_says_what_it_found(tmp_path):
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("data/images/x.png", png(1))
+        zf.writestr("data/other/y.png", png(2))
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(DataError, match=r"a.zip: no class folders .* holds \['images', 'other'\]"):
+        run_ingest(tmp_path / "repo", source="archive", archive={"url": str(path), "sha256": sha})
+    assert not files_under(tmp_path / "repo")
+
+
+def test_archive_extra_class_folder_is_named(tmp_path):
+    tree = iicbu_like_tree(tmp_path / "tree")
+    (tree / "DLBCL").mkdir()
+    Image.fromarray(noise(50)).save(tree / "DLBCL" / "z.tif")
+    sha = make_tar(tmp_path / "a.tgz", tree)
+    with pytest.raises(DataError, match=r"a.tgz:lymphoma/: folder\(s\) \['DLBCL'\] are not"):
+        run_ingest(tmp_path, source="archive", archive={"url": "a.tgz", "sha256": sha})

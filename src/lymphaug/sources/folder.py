@@ -86,7 +86,7 @@ def find_class_root(top: Path, classes: list[str], max_depth: int = 4) -> Path:
         cur = dirs[0]
     shown = sorted(p.name for p in cur.iterdir() if not ignorable(p.name))[:10]
     raise DataError(
-        f"no class folders {classes} found (looked in {cur.relative_to(top.parent)}, "
+        f"no class folders {classes} found (looked in {cur.relative_to(top).as_posix()}/, "
         f"which holds {shown})"
     )
 
