@@ -81,8 +81,11 @@ def setup(cfg: MlflowConfig, root: Path):
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.experiment)
-    return client, exp_id
+    if exp:
+        return client, exp.experiment_id
+    # A local store keeps its artifacts beside it, not wherever the process happened to start.
+    artifacts = (root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
+    return client, client.create_experiment(cfg.experiment, artifact_location=artifacts)
 
 
 def parent_run_id(client, experiment_id: str, key: str) -> str:
@@ -114,3 +117,31 @@ def fresh_child_run_id(
         client.delete_run(old.info.run_id)
     all_tags = {PARENT_TAG: parent_id, ROLE_TAG: "child", **(tags or {})}
     return client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+
+
+def flatten(prefix: str, value: object) -> dict[str, str]:
+    """Nested params -> {"train.arch": "alexnet", ...} (MLflow params are flat strings)."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump()
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: str(value)}
+
+
+def run_tags(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Tags every logging stage sets: git commit and DVC's experiment name when present."""
+    tags = {"mlflow.source.git.commit": git_commit(root), **(extra or {})}
+    if name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = name
+    return tags
+
+
+def log_dataset(df, path: Path, name: str, digest: str, context: str) -> None:
+    """Log a manifest as an MLflow dataset input of the active run (digest: its sha256)."""
+    import mlflow
+
+    dataset = mlflow.data.from_pandas(df, source=str(path), name=name, digest=digest[:36])
+    mlflow.log_input(dataset, context=context)

@@ -1,0 +1,212 @@
+"""The training loop: per-epoch train/val loss and accuracy, resumable checkpoints.
+
+A checkpoint (model, optimiser, epoch, both RNG states, history, best epoch) is
+written atomically after every epoch, so an interrupted run resumed from it ends
+bit-identical to an uninterrupted one on CPU. With a frozen backbone the body runs
+under ``torch.no_grad`` and only the head builds an autograd graph.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as nnf
+from tqdm import tqdm
+
+from lymphaug.classifier.data import ImageSet, augment_batch, eval_tensor, normalize
+from lymphaug.classifier.model import Classifier
+from lymphaug.config import TrainConfig
+from lymphaug.errors import LymphaugError
+from lymphaug.fsutil import atomic_path
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
+
+
+class TrainingError(LymphaugError):
+    """Training cannot go on (diverged, or an incompatible checkpoint)."""
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]
+    finished: bool = True
+    resumed_from: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def set_determinism(num_threads: int = 0) -> None:
+    """Deterministic kernels where torch has them (CPU ones mostly are)."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _meta(model: Classifier, classes: list[str], frozen: bool) -> dict:
+    return {
+        "arch": model.arch,
+        "classes": list(classes),
+        "num_classes": model.head.out_features,
+        "frozen": frozen,
+    }
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path, model: Classifier, classes: list[str], frozen: bool) -> dict:
+    """Read a checkpoint and check it belongs to this architecture and class list."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        msg = f"{path}: unreadable checkpoint ({err}); delete it or --no-resume"
+        raise TrainingError(msg) from None
+    want = _meta(model, classes, frozen)
+    got = ckpt.get("meta") if isinstance(ckpt, dict) else None
+    if got != want:
+        raise TrainingError(
+            f"{path}: checkpoint is for {got}, not {want} (another architecture or class "
+            "list); delete it or run with --no-resume"
+        )
+    return ckpt
+
+
+def _trained(model: Classifier, frozen: bool) -> torch.nn.Module:
+    """What training changes: the head alone when the body is frozen (small checkpoints)."""
+    return model.head if frozen else model
+
+
+def restore_best(model: Classifier, result: FitResult, frozen: bool) -> None:
+    _trained(model, frozen).load_state_dict(result.best_state)
+
+
+def _evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch: int):
+    model.eval()
+    losses, correct = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(y), batch):
+            logits = model(normalize(x[i : i + batch]))
+            losses += nnf.cross_entropy(logits, y[i : i + batch], reduction="sum").item()
+            correct += (logits.argmax(1) == y[i : i + batch]).sum().item()
+    return losses / len(y), correct / len(y)
+
+
+def _train_epoch(model, opt, data: ImageSet, cfg: TrainConfig, gen, epoch: int, frozen: bool):
+    model.train()
+    order = torch.randperm(len(data), generator=gen).tolist()
+    total, correct, seen = 0.0, 0, 0
+    batches = range(0, len(order), cfg.batch_size)
+    bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=None, leave=False)
+    for start in bar:
+        idx = order[start : start + cfg.batch_size]
+        x = normalize(augment_batch([data.images[i] for i in idx], cfg.input_size, gen, cfg.vflip))
+        y = data.labels[idx]
+        if frozen:
+            with torch.no_grad():
+                feats = model.body(x)
+            logits = model.head(feats)
+        else:
+            logits = model(x)
+        loss = nnf.cross_entropy(logits, y)  # = LogSoftmax + NLLLoss, as in the study
+        if not math.isfinite(loss.item()):
+            raise TrainingError(
+                f"loss became {loss.item()} at epoch {epoch}, batch {start // cfg.batch_size + 1}"
+                f"; lower train.learning_rate (now {cfg.learning_rate})"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(idx)
+        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(idx)
+        bar.set_postfix(loss=f"{total / seen:.3f}")
+    return total / seen, correct / seen
+
+
+def fit(
+    model: Classifier,
+    train: ImageSet,
+    val: ImageSet,
+    cfg: TrainConfig,
+    seed: int,
+    classes: list[str],
+    work_dir: Path | None = None,
+    resume: bool = True,
+    stop_after_epoch: int | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train for ``cfg.epochs``; keep the epoch with the best validation accuracy.
+
+    ``model`` must be freshly built after ``torch.manual_seed(seed)``. With
+    ``work_dir`` a checkpoint is written there after every epoch and, if ``resume``,
+    picked up again. ``stop_after_epoch`` ends early (tests use it to simulate a kill).
+    """
+    frozen = cfg.freeze_backbone
+    if frozen:
+        model.freeze_body()
+    model.to(memory_format=torch.channels_last)
+    params = model.head.parameters() if frozen else model.parameters()
+    opt = torch.optim.Adam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout draws from the global RNG
+    val_x = eval_tensor(val.images, cfg.input_size)
+    history: list[dict[str, float]] = []
+    best_epoch, best_acc, best_state = 0, -1.0, {}
+    start = 1
+    ckpt_path = work_dir / CHECKPOINT if work_dir else None
+    if ckpt_path and resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path, model, classes, frozen)
+        try:
+            _trained(model, frozen).load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise TrainingError(f"{ckpt_path}: does not fit the model ({err})") from None
+        opt.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        history = list(ckpt["history"])
+        best_epoch, best_acc, best_state = ckpt["best_epoch"], ckpt["best_acc"], ckpt["best_state"]
+        start = ckpt["epoch"] + 1
+        for row in history:
+            if on_epoch:
+                on_epoch(row)
+    resumed_from = start - 1
+    for epoch in range(start, cfg.epochs + 1):
+        train_loss, train_acc = _train_epoch(model, opt, train, cfg, gen, epoch, frozen)
+        val_loss, val_acc = _evaluate(model, val_x, val.labels, cfg.batch_size)
+        row = dict(
+            zip(HISTORY_KEYS, (epoch, train_loss, train_acc, val_loss, val_acc), strict=True)
+        )
+        history.append(row)
+        if val_acc > best_acc:
+            best_epoch, best_acc = epoch, val_acc
+            best_state = copy.deepcopy(_trained(model, frozen).state_dict())
+        if ckpt_path:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "meta": _meta(model, classes, frozen),
+                    "model": _trained(model, frozen).state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "epoch": epoch,
+                    "history": history,
+                    "best_epoch": best_epoch,
+                    "best_acc": best_acc,
+                    "best_state": best_state,
+                },
+            )
+        if on_epoch:
+            on_epoch(row)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
+            return FitResult(history, best_epoch, best_state, False, resumed_from)
+    return FitResult(history, best_epoch, best_state, True, resumed_from)

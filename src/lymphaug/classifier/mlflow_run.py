@@ -1,0 +1,94 @@
+"""One MLflow child run per (condition, seed) under the pipeline's parent run.
+
+The run is created before any data is decoded, so an unreachable tracking server
+stops the stage in seconds. Per-epoch metrics are logged as they come with
+``step=epoch`` (a resumed run re-logs the checkpointed epochs into its fresh child
+run, so the curve is always complete and never duplicated).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lymphaug import tracking
+from lymphaug.config import Params
+from lymphaug.paths import Layout
+
+
+def run_name(condition: str, seed: int) -> str:
+    return f"train {condition} seed={seed}"
+
+
+class ChildRun:
+    """The MLflow child run of one training stage execution."""
+
+    def __init__(self, params: Params, layout: Layout, condition: str, seed: int) -> None:
+        self.client, self.experiment_id = tracking.setup(params.mlflow, layout.root)
+        key = tracking.pipeline_key(layout.root)
+        self.parent_id = tracking.parent_run_id(self.client, self.experiment_id, key)
+        tags = tracking.run_tags(layout.root, {"condition": condition, "seed": str(seed)})
+        self.run_id = tracking.fresh_child_run_id(
+            self.client, self.experiment_id, self.parent_id, run_name(condition, seed), tags
+        )
+        self.uri = tracking.tracking_uri(params.mlflow, layout.root)
+
+    def log_setup(
+        self,
+        params: Params,
+        condition: str,
+        seed: int,
+        manifests: dict[str, tuple[pd.DataFrame, Path, str]],
+        tags: dict[str, str],
+    ) -> None:
+        """Params, data-set hash tags, and the data sets as MLflow inputs."""
+        import mlflow
+
+        flat = {"condition": condition, "seed": str(seed), "classes": ",".join(params.classes)}
+        for section in ("train", "split", "dct"):
+            flat.update(tracking.flatten(section, getattr(params, section)))
+        if condition == "synthetic":
+            flat.update(tracking.flatten("generate", params.generate))
+            flat["finetune.base_model"] = params.finetune.base_model
+        with mlflow.start_run(run_id=self.run_id):
+            mlflow.log_params(flat)
+            mlflow.set_tags(tags)
+            contexts = {"val": "validation", "test": "test"}
+            for name, (df, path, digest) in manifests.items():
+                tracking.log_dataset(df, path, name, digest, contexts.get(name, "training"))
+        self._reopen()
+
+    def _reopen(self) -> None:
+        # leaving start_run marks the run FINISHED; it is still running
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def log_epoch(self, row: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        step = int(row["epoch"])
+        metrics = [Metric(k, float(v), now, step) for k, v in row.items() if k != "epoch"]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def finish(self, model, metrics: dict, files: list[Path], input_size: int) -> None:
+        """Test metrics, artifacts, the model; then mark the run finished."""
+        import mlflow
+        import mlflow.pytorch
+
+        flat = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
+        for c, m in metrics["per_class"].items():
+            for k in ("precision", "recall", "f1"):
+                flat[f"test_{k}_{c}"] = m[k]
+        flat["best_epoch"] = metrics["best_epoch"]
+        with mlflow.start_run(run_id=self.run_id):
+            mlflow.log_metrics(flat)
+            for f in files:
+                mlflow.log_artifact(str(f))
+            example = np.zeros((1, 3, input_size, input_size), dtype=np.float32)
+            mlflow.pytorch.log_model(model, name="model", input_example=example)
+
+    def fail(self) -> None:
+        self.client.set_terminated(self.run_id, status="FAILED")

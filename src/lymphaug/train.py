@@ -1,0 +1,183 @@
+"""``lymphaug train --condition <base|dct|synthetic> --seed <n>``: one classifier run.
+
+Order matters: the MLflow run is opened first (an unreachable server fails in
+seconds, not after training), then every image is decoded once, the model is
+trained with a checkpoint per epoch under ``work/train/<condition>/seed_<n>/<hash>``
+(DVC deletes the stage's outputs before a rerun; the work folder survives, so a
+killed run resumes), the best epoch is evaluated on the test split, and the
+outputs are moved into place atomically:
+
+- ``models/<condition>/seed_<n>/``: ``model.pt`` (torchvision state dict) + ``model.json``
+- ``reports/train/<condition>/seed_<n>/``: ``metrics.json``, ``history.csv``, ``predictions.csv``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from lymphaug.classifier.data import Splits, load_splits
+from lymphaug.classifier.evaluate import confusion_png, curves_png, evaluate
+from lymphaug.classifier.loop import FitResult, fit, restore_best, set_determinism
+from lymphaug.classifier.model import Classifier, build_classifier
+from lymphaug.config import Params
+from lymphaug.fsutil import atomic_path, sha256_file, write_text_atomic
+from lymphaug.paths import Layout
+
+
+@dataclass
+class Outcome:
+    model: Classifier
+    fit: FitResult
+    metrics: dict
+    predictions: pd.DataFrame
+
+    @property
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(self.fit.history)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_condition(
+    params: Params,
+    splits: Splits,
+    seed: int,
+    root: Path = Path("."),
+    work_dir: Path | None = None,
+    resume: bool = True,
+    stop_after_epoch: int | None = None,
+    on_epoch=None,
+) -> Outcome:
+    """Build, train and test one classifier; the pure core of the stage (tests call it)."""
+    cfg = params.train
+    classes = list(params.classes)
+    torch.manual_seed(seed)  # the new head's initial weights
+    model = build_classifier(cfg.arch, len(classes), cfg.weights, root)
+    result = fit(model, splits.train, splits.val, cfg, seed, classes, work_dir, resume,
+                 stop_after_epoch, on_epoch)  # fmt: skip
+    metrics: dict = {"best_epoch": result.best_epoch}
+    preds = pd.DataFrame()
+    if result.finished:
+        restore_best(model, result, cfg.freeze_backbone)
+        best = next(r for r in result.history if r["epoch"] == result.best_epoch)
+        test_metrics, preds = evaluate(model, splits.test, classes, cfg.input_size, root)
+        metrics = {
+            "best_epoch": result.best_epoch,
+            "best_val_acc": best["val_acc"],
+            "best_val_loss": best["val_loss"],
+            "test_accuracy": test_metrics["accuracy"],
+            "test_macro_f1": test_metrics["macro_f1"],
+            "n_train": len(splits.train),
+            "n_val": len(splits.val),
+            "n_test": len(splits.test),
+            **{k: test_metrics[k] for k in ("accuracy", "macro_f1", "per_class")},
+            "confusion_matrix": test_metrics["confusion_matrix"],
+        }
+    return Outcome(model, result, metrics, preds)
+
+
+def data_digests(layout: Layout, condition: str, params: Params) -> dict[str, tuple[Path, str]]:
+    """sha256 of every manifest a condition reads: identifies its data in tags and hashes."""
+    files = {"raw": layout.raw_manifest, "split": layout.split_csv}
+    if condition == "dct":
+        files["dct"] = layout.dct / "manifest.csv"
+    elif condition == "synthetic":
+        folder = Path(params.train.synthetic_dir)
+        files["synthetic"] = (
+            folder if folder.is_absolute() else layout.root / folder
+        ) / "manifest.csv"
+    return {k: (p, sha256_file(p)) for k, p in files.items() if p.is_file()}
+
+
+def work_hash(params: Params, condition: str, seed: int, digests: dict[str, str]) -> str:
+    """Hash of everything that changes a run's result: a new hash starts fresh."""
+    cfg = params.train.model_dump(exclude={"seeds", "device", "num_threads"})
+    if condition != "dct":
+        cfg.pop("dct_methods")
+    if condition != "synthetic":
+        cfg.pop("synthetic_dir")
+    blob = json.dumps([cfg, params.classes, condition, seed, digests], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def write_outputs(outcome: Outcome, params: Params, layout: Layout, condition: str, seed: int):
+    """Models and reports, each file atomically; returns the report files."""
+    cfg = params.train
+    model_dir = layout.classifier(condition, seed)
+    with atomic_path(model_dir) as tmp:
+        tmp.mkdir(parents=True)
+        torch.save(outcome.model.torchvision_state_dict(), tmp / "model.pt")
+        info = {
+            "arch": cfg.arch,
+            "classes": list(params.classes),
+            "input_size": cfg.input_size,
+            "eval_resize": round(cfg.input_size * 256 / 227),
+            "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            "best_epoch": outcome.fit.best_epoch,
+            "condition": condition,
+            "seed": seed,
+        }
+        (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+    rep = layout.train_report(condition, seed)
+    rep.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(rep / "metrics.json", json.dumps(outcome.metrics, indent=2) + "\n")
+    with atomic_path(rep / "history.csv") as tmp:
+        outcome.history.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6f")
+    with atomic_path(rep / "predictions.csv") as tmp:
+        outcome.predictions.to_csv(tmp, index=False, lineterminator="\n")
+    return [rep / n for n in ("metrics.json", "history.csv", "predictions.csv")]
+
+
+def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
+    from lymphaug.classifier.mlflow_run import ChildRun
+
+    condition, seed = args.condition, args.seed
+    cfg = params.train
+    set_determinism(cfg.num_threads)
+    if select_device(cfg.device).type != "cpu":
+        print(f"train: device {cfg.device} requested; this version trains on the CPU")
+    child = ChildRun(params, layout, condition, seed)  # fails fast if the server is down
+    try:
+        splits = load_splits(condition, params, layout)
+        digests = data_digests(layout, condition, params)
+        work = layout.work / "train" / condition / f"seed_{seed}"
+        work = work / work_hash(params, condition, seed, {k: d for k, (_, d) in digests.items()})
+        manifests = {}
+        for name, df in splits.manifests.items():
+            path = digests.get("split" if name in ("train", "val", "test") else name)
+            digest = hashlib.sha256(df.to_csv(index=False).encode()).hexdigest()
+            manifests[name] = (df, path[0] if path else layout.split_csv, digest)
+        tags = {f"data.{k}.sha256": d for k, (_, d) in digests.items()}
+        child.log_setup(params, condition, seed, manifests, tags)
+        outcome = train_condition(params, splits, seed, layout.root, work,
+                                  resume=not args.no_resume, on_epoch=child.log_epoch)  # fmt: skip
+        files = write_outputs(outcome, params, layout, condition, seed)
+        title = f"{condition} seed={seed}"
+        figures = work / "figures"
+        figures.mkdir(parents=True, exist_ok=True)
+        confusion_png(outcome.metrics["confusion_matrix"], list(params.classes),
+                      figures / "confusion_matrix.png", title)  # fmt: skip
+        curves_png(outcome.history, figures / "training_curves.png", title)
+        child.finish(outcome.model, outcome.metrics, [*files, *sorted(figures.glob("*.png"))],
+                     cfg.input_size)  # fmt: skip
+    except BaseException:
+        child.fail()
+        raise
+    m = outcome.metrics
+    print(
+        f"train {condition} seed={seed}: best epoch {m['best_epoch']}, "
+        f"val acc {m['best_val_acc']:.3f}, test acc {m['test_accuracy']:.3f}, "
+        f"macro-F1 {m['test_macro_f1']:.3f} (MLflow run {child.run_id} at {child.uri})"
+    )
+    return 0
