@@ -170,6 +170,7 @@ class TrainConfig(Section):
     seeds: list[int] = [0, 1]
     dct_methods: list[DctMethod] = ["method1", "method2"]
     synthetic_dir: str = "data/synthetic"
+    vflip: bool = Field(True, description="vertical flips too (histology has no 'up')")
     device: str = "auto"
     num_threads: int = Field(0, ge=0, description="0: torch's default")
 
