@@ -117,7 +117,7 @@ def probe_accuracy(
     sd = train_x.std(0) + 1e-6
     xt = torch.as_tensor((train_x - mu) / sd, dtype=torch.float64)
     xe = torch.as_tensor((test_x - mu) / sd, dtype=torch.float64)
-    yt = torch.as_tensor(np.asarray(train_y), dtype=torch.long)
+    yt = torch.as_tensor(np.array(train_y), dtype=torch.long)
     w = torch.zeros(xt.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, bias], max_iter=steps, line_search_fn="strong_wolfe")

@@ -1,0 +1,114 @@
+"""The fixed feature extractor behind FID, KID, the memorisation check and TSTR.
+
+Preference (``compare.feature_extractor: auto``): ImageNet Inception-v3 (the FID
+convention), then ImageNet AlexNet, each only when its weights file is already in
+torchvision's cache ($TORCH_HOME/hub/checkpoints; the compare stage never
+downloads), else the ``base`` classifier of the first seed, cut before its last
+linear layer. The model is built by the classifier package's ``build_classifier``
+so the two stages cannot disagree about the architecture. Numbers from different
+extractors are not comparable; the report names the one used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lymphaug.errors import DataError
+from lymphaug.paths import Layout
+
+IMAGENET = {  # extractor -> (torchvision arch, input size)
+    "inception": ("inception_v3", 299),
+    "alexnet": ("alexnet", 227),
+}
+MODEL_FILES = ("model.pt", "model.pth", "state_dict.pt", "weights.pt")
+
+
+@dataclass
+class Extractor:
+    name: str  # inception | alexnet | classifier
+    description: str  # for the report
+    model: object  # lymphaug.classifier.model.Classifier
+    input_size: int
+
+    def features(self, files: list[Path], batch: int = 32) -> np.ndarray:
+        """Penultimate-layer features of each image (resize, center-crop, ImageNet norm)."""
+        import torch
+
+        from lymphaug.classifier.data import decode, eval_tensor, normalize
+
+        images = decode(files, desc=f"features ({self.name})")
+        out = []
+        self.model.eval()
+        with torch.inference_mode():
+            for i in range(0, len(images), batch):
+                x = normalize(eval_tensor(images[i : i + batch], self.input_size))
+                out.append(self.model.body(x).flatten(1).double().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def cached_imagenet_file(name: str) -> Path | None:
+    """The weights file torchvision would download for ``name``, if already cached."""
+    import torch
+    import torchvision
+
+    arch = IMAGENET[name][0]
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    return path if path.is_file() else None
+
+
+def classifier_weights(layout: Layout, seed: int) -> Path:
+    """The trained ``base`` model of ``seed`` (a state dict the classifier can rebuild)."""
+    folder = layout.classifier("base", seed)
+    for name in MODEL_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(folder.glob("*.pt")) + sorted(folder.glob("*.pth"))
+    if not found:
+        raise DataError(
+            f"no base classifier weights in {folder} (expected one of {list(MODEL_FILES)}); "
+            "run `dvc repro` or set compare.feature_extractor"
+        )
+    return found[0]
+
+
+def choose(
+    requested: str, layout: Layout, arch: str, input_size: int, n_classes: int, seed: int
+) -> Extractor:
+    """Build the extractor ``requested`` (auto | inception | alexnet | classifier)."""
+    import torch
+
+    from lymphaug.classifier.model import build_classifier
+
+    torch.manual_seed(0)  # the unused head is drawn from the global RNG
+    order = ["inception", "alexnet", "classifier"] if requested == "auto" else [requested]
+    for name in order:
+        if name == "classifier":
+            path = classifier_weights(layout, seed)
+            model = build_classifier(arch, n_classes, str(path), layout.root)
+            desc = (
+                f"the `base` classifier of seed {seed} ({arch}, penultimate layer, "
+                f"{path.relative_to(layout.root) if path.is_relative_to(layout.root) else path}); "
+                "no ImageNet Inception or AlexNet weights were in the torchvision cache"
+                if requested == "auto"
+                else f"the `base` classifier of seed {seed} ({arch}, penultimate layer)"
+            )
+            return Extractor("classifier", desc, model, input_size)
+        cached = cached_imagenet_file(name)
+        if cached is None:
+            if requested != "auto":
+                raise DataError(
+                    f"compare.feature_extractor={name}: its ImageNet weights are not in the "
+                    f"torchvision cache ({Path(torch.hub.get_dir()) / 'checkpoints'}); the "
+                    "compare stage does not download; use auto or classifier"
+                )
+            continue
+        arch_name, size = IMAGENET[name]
+        model = build_classifier(arch_name, n_classes, str(cached), layout.root)
+        if name == "inception":
+            model.body.transform_input = True  # what torchvision sets for these weights
+        return Extractor(name, f"ImageNet {arch_name} (penultimate layer, {size} px)", model, size)
+    raise AssertionError("unreachable")

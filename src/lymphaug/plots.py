@@ -1,0 +1,147 @@
+"""The comparison's figures (matplotlib, Agg, no timestamps: same inputs, same bytes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lymphaug.fsutil import atomic_path
+from lymphaug.results import RunResult
+from lymphaug.stats import Summary
+
+COLOURS = {"base": "#4d4d4d", "dct": "#1f77b4", "synthetic": "#d62728"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams["svg.hashsalt"] = "lymphaug"
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    plt = _plt()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def _colour(condition: str, i: int) -> str:
+    return COLOURS.get(condition, f"C{i + 3}")
+
+
+def val_accuracy_plot(runs: dict[str, list[RunResult]], path: Path) -> None:
+    """Validation accuracy per epoch: mean over seeds, min-max band, thin line per seed."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, (cond, rs) in enumerate(runs.items()):
+        rs = [r for r in rs if r.epochs.size]
+        if not rs:
+            continue
+        n = min(r.epochs.size for r in rs)
+        epochs = rs[0].epochs[:n]
+        acc = np.stack([r.val_accuracy[:n] for r in rs]) * 100
+        c = _colour(cond, i)
+        for row in acc:
+            ax.plot(epochs, row, color=c, alpha=0.25, linewidth=0.8)
+        ax.fill_between(epochs, acc.min(0), acc.max(0), color=c, alpha=0.15, linewidth=0)
+        ax.plot(epochs, acc.mean(0), color=c, linewidth=2, marker="o", label=f"{cond} (mean)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Validation accuracy per epoch (band: min-max over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def test_accuracy_plot(
+    runs: dict[str, list[RunResult]], summaries: dict[str, Summary], path: Path, alpha: float
+) -> None:
+    """Test accuracy per seed (points) with the mean and its bootstrap CI per condition."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for i, (cond, rs) in enumerate(runs.items()):
+        c = _colour(cond, i)
+        acc = np.array([r.accuracy for r in rs]) * 100
+        jitter = np.linspace(-0.12, 0.12, len(acc)) if len(acc) > 1 else np.zeros(1)
+        ax.scatter(i + jitter, acc, color=c, alpha=0.6, zorder=3)
+        for x, r, a in zip(i + jitter, rs, acc, strict=True):
+            ax.annotate(f"s{r.seed}", (x, a), textcoords="offset points", xytext=(4, 0),
+                        fontsize=7, color=c)  # fmt: skip
+        s = summaries[cond]
+        ax.errorbar(i + 0.3, s.mean * 100,
+                    yerr=[[100 * (s.mean - s.ci_low)], [100 * (s.ci_high - s.mean)]],
+                    fmt="D", color=c, capsize=5, zorder=4)  # fmt: skip
+    ax.set_xticks(range(len(runs)), list(runs))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Test accuracy per seed; diamond: mean with {100 * (1 - alpha):g}% bootstrap CI")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def confusion_plot(
+    matrices: dict[str, np.ndarray], classes: list[str], path: Path, n_seeds: int
+) -> None:
+    """Confusion matrices summed over seeds, one panel per condition (rows: true class)."""
+    plt = _plt()
+    k = len(matrices)
+    fig, axes = plt.subplots(1, k, figsize=(3.4 * k, 3.4), squeeze=False)
+    for ax, (cond, cm) in zip(axes[0], matrices.items(), strict=True):
+        ax.imshow(cm, cmap="Blues", vmin=0)
+        for (r, c), v in np.ndenumerate(cm):
+            ax.text(c, r, str(v), ha="center", va="center",
+                    color="white" if v > cm.max() / 2 else "black")  # fmt: skip
+        ax.set_xticks(range(len(classes)), classes)
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{cond} (sum of {n_seeds} seed{'s' if n_seeds != 1 else ''})")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def pairs_sheet(
+    pairs: list[tuple[np.ndarray, np.ndarray, str]], path: Path, thumb: int = 96
+) -> None:
+    """Synthetic image beside its nearest training image, one row per pair, captioned."""
+    plt = _plt()
+    n = max(1, len(pairs))
+    fig, axes = plt.subplots(n, 2, figsize=(4.2, 2.0 * n), squeeze=False)
+    for row, (synth, real, caption) in zip(axes, pairs, strict=False):
+        for ax, img, title in ((row[0], synth, caption), (row[1], real, "nearest training")):
+            ax.imshow(img)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    for row in axes[len(pairs) :]:
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def real_vs_synthetic_sheet(
+    rows: dict[str, tuple[list[np.ndarray], list[np.ndarray]]], path: Path, per_side: int = 4
+) -> None:
+    """Per class: training images on the left, synthetic images on the right."""
+    plt = _plt()
+    n = max(1, len(rows))
+    fig, axes = plt.subplots(n, 2 * per_side, figsize=(1.4 * 2 * per_side, 1.5 * n),
+                             squeeze=False)  # fmt: skip
+    for ax_row, (cls, (real, synth)) in zip(axes, rows.items(), strict=False):
+        for j, ax in enumerate(ax_row):
+            side, k = (real, j) if j < per_side else (synth, j - per_side)
+            ax.axis("off")
+            if k < len(side):
+                ax.imshow(side[k])
+            if j == 0:
+                ax.set_title(f"{cls}: real", fontsize=8, loc="left")
+            if j == per_side:
+                ax.set_title(f"{cls}: synthetic", fontsize=8, loc="left")
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,221 @@
+"""reports/report.md: the comparison written for a person reading top to bottom.
+
+Order: what was run (so the reader can judge the power), the verdicts, the table,
+the tests and their choices, the figures, then the synthetic images' quality.
+Figures are linked relatively (``compare/*.png``) so the report renders in a git
+forge, an editor preview, or as an MLflow artifact beside its plots folder.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from lymphaug import stats
+from lymphaug.config import Params
+from lymphaug.paths import Layout
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{100 * x:.{digits}f}"
+
+
+def _p(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.3g}" if x >= 0.001 else "<0.001"
+
+
+def _f(x: float | None, fmt: str = ".3g") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return format(x, fmt)
+
+
+def _summary_cell(s: stats.Summary) -> str:
+    if s.n < 2:
+        return f"{_pct(s.mean)} (one seed)"
+    return f"{_pct(s.mean)} ± {_pct(s.std)} [{_pct(s.ci_low)}, {_pct(s.ci_high)}]"
+
+
+def render(a, q, q_skipped: str, params: Params, layout: Layout, plot_dir: Path) -> str:
+    """The whole report as markdown text (deterministic for the same inputs)."""
+    conf = int(round(100 * (1 - a.alpha)))
+    n_seeds = len(a.seeds)
+    t = params.train
+    lines = [
+        "# Does augmentation help? Comparison report",
+        "",
+        "## What was run",
+        "",
+        f"- Conditions: {', '.join(f'`{c}`' for c in a.conditions)}; classifier `{t.arch}` "
+        f"(weights `{t.weights}`, {'frozen backbone' if t.freeze_backbone else 'fine-tuned'}), "
+        f"{t.epochs} epochs, input {t.input_size} px; the test-set numbers come from the "
+        "epoch with the best validation accuracy.",
+        f"- **{n_seeds} seed{'s' if n_seeds != 1 else ''}** ({', '.join(map(str, a.seeds))}) "
+        f"per condition, each scored on the same **{a.n_test} real test images** "
+        f"({n_seeds * a.n_test} paired image predictions per comparison). Classes: "
+        f"{', '.join(a.classes)}.",
+        f"- One test image is {100 / a.n_test:.1f} accuracy points; significance level "
+        f"{a.alpha:g}; {params.compare.bootstrap_resamples} bootstrap resamples "
+        f"(seed {params.compare.seed}).",
+    ]
+    if n_seeds < 2:
+        lines.append(
+            "- **Only one seed: the seed-level tests (paired t, Wilcoxon) and the confidence "
+            "intervals need at least two seeds.** Only McNemar's per-image test is reported."
+        )
+    if n_seeds < 6:
+        lines.append(
+            f"- With {n_seeds} seed{'s' if n_seeds != 1 else ''}, the exact Wilcoxon test "
+            f"cannot reach p < 0.05 whatever the data (smallest possible p = "
+            f"{stats.wilcoxon_min_p(n_seeds):.3g}; six seeds are the minimum)."
+        )
+    lines += ["", "## Verdicts (accuracy, augmented minus base)", ""]
+    if not a.verdicts:
+        lines.append("No `base` condition: nothing to compare against.")
+    for c, v in a.verdicts.items():
+        lines.append(f"- **{c}**: {v}")
+    if a.f1_verdicts:
+        lines += ["", "Macro-F1, same pairing (no McNemar: F1 is not a per-image outcome):", ""]
+        lines += [f"- {c}: {v}" for c, v in a.f1_verdicts.items()]
+
+    lines += [
+        "",
+        "## Test-set results per condition",
+        "",
+        f"Mean ± std over seeds [{conf}% bootstrap CI of the mean], in percent.",
+        "",
+        "| condition | accuracy | macro-F1 | accuracy per seed |",
+        "|---|---|---|---|",
+    ]
+    for c in a.conditions:
+        s = a.summaries[c]
+        seeds = ", ".join(_pct(v) for v in a.per_seed[c]["accuracy"])
+        lines.append(
+            f"| {c} | {_summary_cell(s['accuracy'])} | {_summary_cell(s['macro_f1'])} | {seeds} |"
+        )
+    if a.comparisons:
+        lines += [
+            "",
+            "## Paired comparisons against base",
+            "",
+            f"| condition | Δ accuracy (points) [{conf}% CI] | paired t p | Wilcoxon p | "
+            "Cohen's d_z | McNemar b / c | McNemar p | odds ratio c/b |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for c, comps in a.comparisons.items():
+            d, mc = comps["accuracy"], a.mcnemar[c]
+            lines.append(
+                f"| {c} | {100 * d.diff.mean:+.1f} [{_pct(d.diff.ci_low)}, {_pct(d.diff.ci_high)}]"
+                f" | {_p(d.t.p)} | {_p(d.wilcoxon.p)} | {_f(d.dz, '.2f')} | {mc.b} / {mc.c} "
+                f"| {_p(mc.p)} ({mc.method}) | {_f(mc.odds_ratio, '.2f')} |"
+            )
+        notes = sorted(
+            {f"{c}: {x.note}" for c, comps in a.comparisons.items() for x in
+             (comps["accuracy"].t, comps["accuracy"].wilcoxon) if x.note}
+        )  # fmt: skip
+        lines += ["", "How to read it:", ""]
+        lines += [
+            "- Δ and its CI: per-seed differences (seed *s* of a condition minus seed *s* of "
+            "base; both share the split and the seed), percentile bootstrap of their mean.",
+            "- Paired t-test (`scipy.stats.ttest_rel`, two-sided) on those differences decides "
+            "the verdict: seeds are the unit of replication.",
+            f"- Wilcoxon signed-rank (`scipy.stats.wilcoxon`, zero_method='"
+            f"{stats.WILCOXON_ZERO_METHOD}': zero differences are ranked then dropped); p "
+            f"by enumerating every sign flip of the tied ranks (exact given ties) up to "
+            f"{stats.WILCOXON_EXACT_MAX_N} seeds, normal approximation above.",
+            "- McNemar on the per-image predictions pooled over seeds, paired by (seed, image): "
+            "b = images base got right and the condition wrong, c = the reverse. Exact binomial "
+            f"below {stats.MCNEMAR_EXACT_BELOW} discordant pairs, else chi-square with "
+            "continuity correction. It treats each (seed, image) pair as independent although "
+            "the same image recurs across seeds, so it overstates the evidence relative to the "
+            "seed-level tests; a large odds ratio c/b favours the condition.",
+            "- Cohen's d_z = mean / std of the per-seed differences (n/a with fewer than two "
+            "seeds or identical differences).",
+        ]
+        lines += [f"- Note — {n}" for n in notes]
+
+    lines += [
+        "",
+        "## Figures",
+        "",
+        "![Validation accuracy per epoch](compare/val_accuracy.png)",
+        "",
+        "Validation accuracy per epoch: thick line the mean over seeds, band min-max, thin "
+        "lines single seeds.",
+        "",
+        "![Test accuracy per seed](compare/test_accuracy.png)",
+        "",
+        "![Confusion matrices summed over seeds](compare/confusion_matrices.png)",
+        "",
+    ]
+    lines += _quality_section(q, q_skipped, layout)
+    return "\n".join(lines) + "\n"
+
+
+def _quality_section(q, skipped: str, layout: Layout) -> list[str]:
+    lines = ["## Synthetic images", ""]
+    if (layout.reports / "synthetic_contact_sheet.png").is_file():
+        lines += ["![Real vs synthetic contact sheet](synthetic_contact_sheet.png)", ""]
+    if q is None:
+        return lines + [f"Quality not assessed: {skipped}", ""]
+    lines += [
+        f"Feature extractor: **{q.extractor_description}**. FID/KID values from different "
+        "extractors are not comparable with each other or with published FIDs."
+        + (
+            f" The features were divided by {q.feature_scale:.3g} so that the real training "
+            "features have unit mean per-dimension variance (a classifier's features have no "
+            "conventional scale)."
+            if q.feature_scale != 1.0
+            else ""
+        ),
+        "",
+        "| class | real train | synthetic | FID | KID (± std over subsets) | subset | "
+        "real-vs-real FID | real-vs-real KID |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in q.per_class:
+        kid = "n/a" if r.kid is None else f"{r.kid:.4g} ± {r.kid_std:.3g}"
+        lines.append(
+            f"| {r.name} | {r.n_real} | {r.n_synthetic} | {_f(r.fid, '.4g')} | {kid} | "
+            f"{r.kid_subset or 'n/a'} | {_f(r.fid_real_val, '.4g')} | {_f(r.kid_real_val, '.4g')} |"
+        )
+    lines += [
+        "",
+        "FID: Fréchet distance between Gaussians fitted to the real training and synthetic "
+        "features (exact, computed in the images' span). KID: unbiased polynomial-kernel MMD², "
+        "averaged over 100 seeded subsets of the size shown (at most the smaller set); it can "
+        "be slightly negative when the sets match. With a few dozen images per class both "
+        "are noisy: the real-vs-real columns (training vs validation images of the class) show "
+        "what two real sets of this size score.",
+        "",
+        f"- Train on synthetic, test on real (TSTR): **{_pct(q.tstr_accuracy)}%** on "
+        f"{q.n_test} real test images; the same probe trained on the real training images "
+        f"(TRTR): {_pct(q.trtr_accuracy)}%. Probe: multinomial logistic regression (L-BFGS, "
+        "L2) on the standardised extractor features; not the study's classifier.",
+        f"- Memorisation: cosine distance (features centred by the training mean) from each "
+        f"synthetic image to its nearest training image; real training images lie a median "
+        f"{q.real_nn_median:.3f} from their nearest other training image. Near copies "
+        f"(distance < {q.threshold:g}): **{len(q.near_copies)}** of {len(q.distances)}.",
+    ]
+    if q.near_copies:
+        lines += ["", "| synthetic | nearest training | distance | its img2img source |",
+                  "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| {n.synthetic} | {n.nearest} | {n.distance:.4f} | "
+            f"{'yes' if n.same_as_source else 'no'} |"
+            for n in q.near_copies
+        ]
+    lines += [
+        "",
+        "![Closest synthetic / training pairs](compare/nearest_pairs.png)",
+        "",
+        "![Real training vs synthetic per class](compare/real_vs_synthetic.png)",
+        "",
+        "Every distance: `compare/nearest_training.csv`.",
+        "",
+    ]
+    return lines

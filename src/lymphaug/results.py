@@ -1,0 +1,191 @@
+"""Reading the training stage's per-(condition, seed) outputs for the comparison.
+
+Contract (written by ``lymphaug train`` under ``reports/train/<condition>/seed_<n>/``):
+
+- ``predictions.csv``: path, class, label, predicted, prob_<class>... (one row per
+  test image). ``label``/``predicted`` may be class indices or class names; both
+  are accepted. Accuracy, macro-F1 and the confusion matrix are recomputed from
+  these rows, so every number in the report traces back to per-image predictions.
+- ``history.csv``: epoch and the validation accuracy per epoch (``val_acc`` or
+  ``val_accuracy``; fractions, or percentages if any value exceeds 1).
+- ``metrics.json``: read for the best epoch only (optional keys).
+
+Pairing is the point of the comparison, so any difference in the set of test
+images between conditions or seeds is refused rather than silently intersected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lymphaug.errors import DataError
+from lymphaug.paths import Layout
+
+CONDITIONS = ("base", "dct", "synthetic")
+VAL_ACC_COLUMNS = ("val_acc", "val_accuracy")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    condition: str
+    seed: int
+    paths: tuple[str, ...]  # test images, sorted
+    labels: np.ndarray  # int, aligned with paths
+    predicted: np.ndarray  # int, aligned with paths
+    epochs: np.ndarray
+    val_accuracy: np.ndarray  # fractions
+    best_epoch: int | None
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.labels == self.predicted
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    def confusion(self, n_classes: int) -> np.ndarray:
+        cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+        np.add.at(cm, (self.labels, self.predicted), 1)
+        return cm
+
+    def macro_f1(self, n_classes: int) -> float:
+        return macro_f1(self.confusion(n_classes))
+
+
+def macro_f1(cm: np.ndarray) -> float:
+    """Unweighted mean of per-class F1; a class never predicted nor present scores 0."""
+    tp = np.diag(cm).astype(np.float64)
+    pred = cm.sum(0).astype(np.float64)
+    true = cm.sum(1).astype(np.float64)
+    denom = pred + true
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(f1.mean())
+
+
+def _as_index(values: pd.Series, classes: list[str], source: Path, column: str) -> np.ndarray:
+    strings = values.astype(str)
+    if set(strings) <= set(classes):
+        index = {c: i for i, c in enumerate(classes)}
+        return np.array([index[s] for s in strings], dtype=np.int64)
+    try:
+        out = pd.to_numeric(values).to_numpy()
+    except (ValueError, TypeError):
+        bad = sorted(set(strings) - set(classes))[:3]
+        raise DataError(f"{source}: column {column} has unknown class(es) {bad}") from None
+    if not np.all(out == np.round(out)) or out.min() < 0 or out.max() >= len(classes):
+        raise DataError(f"{source}: column {column} is not a class index 0..{len(classes) - 1}")
+    return out.astype(np.int64)
+
+
+def _relative(path: str, root: Path) -> str:
+    """Image paths relative to the repository root, POSIX, so two runs compare equal."""
+    p = Path(path)
+    if p.is_absolute():
+        with contextlib.suppress(ValueError):
+            p = p.relative_to(root.resolve())
+    return p.as_posix()
+
+
+def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> RunResult:
+    folder = layout.train_report(condition, seed)
+    pred_path = folder / "predictions.csv"
+    if not pred_path.is_file():
+        raise DataError(
+            f"condition {condition!r}, seed {seed}: no training results at {pred_path} "
+            f"(run `lymphaug train --condition {condition} --seed {seed}` or `dvc repro`)"
+        )
+    try:
+        pred = pd.read_csv(pred_path, dtype={"path": str, "class": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{pred_path}: not a readable CSV ({err})") from None
+    label_col = "label" if "label" in pred.columns else "class"
+    missing = [c for c in ("path", label_col, "predicted") if c not in pred.columns]
+    if missing or pred.empty:
+        raise DataError(f"{pred_path}: missing column(s) {missing} or no rows")
+    pred["path"] = [_relative(p, layout.root) for p in pred["path"]]
+    if pred["path"].duplicated().any():
+        dup = pred.loc[pred["path"].duplicated(), "path"].iloc[0]
+        raise DataError(f"{pred_path}: test image {dup} appears more than once")
+    pred = pred.sort_values("path", kind="stable").reset_index(drop=True)
+    labels = _as_index(pred[label_col], classes, pred_path, label_col)
+    predicted = _as_index(pred["predicted"], classes, pred_path, "predicted")
+
+    epochs, val_acc = _read_history(folder / "history.csv")
+    best = None
+    metrics_path = folder / "metrics.json"
+    if metrics_path.is_file():
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{metrics_path}: not valid JSON ({err})") from None
+        value = metrics.get("best_epoch") if isinstance(metrics, dict) else None
+        best = int(value) if isinstance(value, int | float) else None
+    return RunResult(condition, seed, tuple(pred["path"]), labels, predicted, epochs, val_acc, best)
+
+
+def _read_history(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, validation accuracy as fractions); empty arrays when there is no history."""
+    if not path.is_file():
+        return np.zeros(0, np.int64), np.zeros(0)
+    try:
+        hist = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{path}: not a readable CSV ({err})") from None
+    col = next((c for c in VAL_ACC_COLUMNS if c in hist.columns), None)
+    if col is None or "epoch" not in hist.columns:
+        raise DataError(f"{path}: needs columns epoch and one of {list(VAL_ACC_COLUMNS)}")
+    acc = hist[col].to_numpy(dtype=np.float64)
+    if acc.size and acc.max() > 1.0:  # written as percentages
+        acc = acc / 100.0
+    return hist["epoch"].to_numpy(dtype=np.int64), acc
+
+
+def read_all(
+    layout: Layout, conditions: list[str], seeds: list[int], classes: list[str]
+) -> dict[str, list[RunResult]]:
+    """Every (condition, seed) result; refuses missing runs and mismatched test sets."""
+    missing = [
+        f"{c} seed {s} ({layout.train_report(c, s) / 'predictions.csv'})"
+        for c in conditions
+        for s in seeds
+        if not (layout.train_report(c, s) / "predictions.csv").is_file()
+    ]
+    if missing:
+        raise DataError(
+            f"missing training results for {len(missing)} run(s): {'; '.join(missing[:6])}"
+            f"{' ...' if len(missing) > 6 else ''} (run `dvc repro` so `lymphaug train` "
+            "writes them)"
+        )
+    runs = {c: [read_run(layout, c, s, classes) for s in seeds] for c in conditions}
+    check_pairing(runs)
+    return runs
+
+
+def check_pairing(runs: dict[str, list[RunResult]]) -> None:
+    """Every run must score the same test images with the same labels."""
+    all_runs = [r for rs in runs.values() for r in rs]
+    ref = all_runs[0]
+    for r in all_runs[1:]:
+        if r.paths != ref.paths:
+            only_ref = sorted(set(ref.paths) - set(r.paths))
+            only_r = sorted(set(r.paths) - set(ref.paths))
+            raise DataError(
+                f"{r.condition} seed {r.seed} was tested on different images than "
+                f"{ref.condition} seed {ref.seed} ({len(r.paths)} vs {len(ref.paths)} images; "
+                f"only in {ref.condition}/{ref.seed}: {only_ref[:3]}, only in "
+                f"{r.condition}/{r.seed}: {only_r[:3]}): paired tests would pair the wrong "
+                "images; retrain both on the same split"
+            )
+        if not np.array_equal(r.labels, ref.labels):
+            k = int(np.flatnonzero(r.labels != ref.labels)[0])
+            raise DataError(
+                f"{r.condition} seed {r.seed} labels test image {r.paths[k]} differently from "
+                f"{ref.condition} seed {ref.seed}: the runs used different class lists or data"
+            )

@@ -1,0 +1,244 @@
+"""The compare stage end to end on a tiny repository laid out like the pipeline's.
+
+The training results are written in the exact format of ``lymphaug train``
+(predictions.csv, history.csv, metrics.json, models/<c>/seed_<n>/model.pt), with
+known per-image correctness so the McNemar counts can be checked by hand; the
+feature extractor is a real (tiny, randomly initialised) torchvision model built
+by the classifier package.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lymphaug import compare, manifest, results
+from lymphaug.cli import main
+from lymphaug.config import parse_params
+from lymphaug.errors import DataError
+from lymphaug.images import save_png
+from lymphaug.paths import Layout
+
+CLASSES = ["CLL", "FL", "MCL"]
+COLOURS = {"CLL": (200, 80, 160), "FL": (120, 60, 200), "MCL": (220, 150, 180)}
+# per test image (sorted by path) and seed: is the prediction correct?
+CORRECT = {
+    "base": [[1, 1, 0, 1, 0, 1], [1, 0, 1, 1, 0, 1], [1, 1, 0, 0, 1, 1]],
+    "dct": [[1, 1, 1, 1, 0, 1], [1, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]],
+    "synthetic": [[1, 0, 0, 1, 0, 1], [1, 0, 1, 1, 0, 1], [0, 1, 0, 0, 1, 1]],
+}
+
+
+def _image(rng, cls):
+    base = np.array(COLOURS[cls], dtype=np.int16)
+    img = base + rng.integers(-40, 40, size=(48, 56, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _params(tmp_path, seeds, **compare):
+    return parse_params(
+        {
+            "classes": CLASSES,
+            "train": {"arch": "mobilenet_v3_small", "input_size": 32, "seeds": seeds},
+            "compare": {"bootstrap_resamples": 200, "near_copy_threshold": 1.0e-4, **compare},
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        }
+    )
+
+
+def make_repo(root, seeds=(0, 1, 2), synthetic=True):
+    """data/raw + split.csv + data/synthetic + every train output for CORRECT."""
+    from lymphaug.classifier.model import build_classifier
+
+    rng = np.random.default_rng(0)
+    layout = Layout(root)
+    rows = []
+    for cls in CLASSES:
+        for i in range(8):
+            rel = f"{cls}/{cls.lower()}_{i}.png"
+            save_png(_image(rng, cls), layout.raw / rel)
+            split = "train" if i < 4 else ("val" if i < 6 else "test")
+            rows.append({"path": rel, "class": cls, "split": split, "fold": 0})
+    split = pd.DataFrame(rows)
+    manifest.write_table(split, layout.split_csv, manifest.SPLIT_COLUMNS)
+    if synthetic:
+        syn = []
+        for cls in CLASSES:
+            for i in range(3):
+                rel = f"{cls}/syn_{i}.png"
+                if cls == "FL" and i == 0:  # a verbatim copy of a training image
+                    (layout.synthetic / cls).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(layout.raw / "FL/fl_2.png", layout.synthetic / rel)
+                else:
+                    save_png(_image(rng, cls), layout.synthetic / rel)
+                syn.append({"path": rel, "class": cls, "prompt": f"p {cls}", "seed": i,
+                            "scheduler": "dpmsolver++", "steps": 2, "guidance": 4.0,
+                            "mode": "txt2img", "strength": 0.5, "source": ""})  # fmt: skip
+        manifest.write_table(pd.DataFrame(syn), layout.synthetic / "manifest.csv",
+                             manifest.SYNTHETIC_COLUMNS)  # fmt: skip
+    test = split[split["split"] == "test"].sort_values("path").reset_index(drop=True)
+    labels = test["class"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    for cond, per_seed in CORRECT.items():
+        for k, seed in enumerate(seeds):
+            ok = np.array(per_seed[k % 3], bool)
+            pred = np.where(ok, labels, (labels + 1) % 3)
+            write_run(layout, cond, seed, test["path"].map(lambda p: f"data/raw/{p}"),
+                      labels, pred)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_classifier("mobilenet_v3_small", 3, "none")
+    layout.classifier("base", seeds[0]).mkdir(parents=True, exist_ok=True)
+    torch.save(model.torchvision_state_dict(), layout.classifier("base", seeds[0]) / "model.pt")
+    return layout
+
+
+def write_run(layout, cond, seed, paths, labels, pred):
+    """The three report files in the format of lymphaug.train.write_outputs."""
+    rep = layout.train_report(cond, seed)
+    rep.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame({"path": list(paths), "class": [CLASSES[i] for i in labels],
+                       "label": labels, "predicted": pred,
+                       "predicted_class": [CLASSES[i] for i in pred]})  # fmt: skip
+    for i, c in enumerate(CLASSES):
+        df[f"prob_{c}"] = np.where(pred == i, 0.8, 0.1)
+    df.to_csv(rep / "predictions.csv", index=False)
+    hist = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.7],
+                         "train_acc": [0.4, 0.5, 0.6], "val_loss": [1.1, 0.9, 0.95],
+                         "val_acc": [0.3 + 0.05 * seed, 0.5, 0.45]})  # fmt: skip
+    hist.to_csv(rep / "history.csv", index=False)
+    (rep / "metrics.json").write_text(json.dumps({"best_epoch": 2, "test_accuracy": 0.5}))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return make_repo(tmp_path_factory.mktemp("repo"))
+
+
+def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("LYMPHAUG_PIPELINE_ID", "test-compare")
+    root = tmp_path / "r"
+    shutil.copytree(repo.root, root)
+    layout = Layout(root)
+    params = _params(tmp_path, [0, 1, 2])
+    assert compare.run(params, layout) == 0
+
+    text = (root / "reports/report.md").read_text()
+    assert "**3 seeds** (0, 1, 2)" in text and "**6 real test images**" in text
+    assert "the exact Wilcoxon test cannot reach p < 0.05" in text
+    assert "- **dct**: +22.2 points, 95% CI [" in text
+    assert "3 seeds x 6 test images" in text
+    assert "zero_method='pratt'" in text and "exact binomial" in text
+    for png in ("val_accuracy", "test_accuracy", "confusion_matrices", "nearest_pairs",
+                "real_vs_synthetic"):  # fmt: skip
+        assert f"](compare/{png}.png)" in text
+        assert (root / f"reports/compare/{png}.png").stat().st_size > 1000
+    assert "Feature extractor: **the `base` classifier of seed 0" in text
+    assert "| syn_0.png" not in text and "| FL/syn_0.png | FL/fl_2.png | 0.0000 | no |" in text
+
+    m = json.loads((root / "reports/metrics.json").read_text())
+    assert m["n_seeds"] == 3 and m["n_test_images"] == 6
+    assert m["vs_base"]["dct"]["accuracy_diff"] == pytest.approx(4 / 18)
+    assert m["synthetic_quality"]["near_copies"] == 1
+    assert m["synthetic_quality"]["extractor"] == "classifier"
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs(
+        [client.get_experiment_by_name("lymphaug").experiment_id],
+        filter_string="tags.`lymphaug.role` = 'parent'",
+    )
+    assert len(runs) == 1
+    got = runs[0].data.metrics
+    assert got["compare.vs_base.dct.accuracy_diff"] == pytest.approx(4 / 18, abs=1e-6)
+    arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "compare")}
+    assert {"compare/report.md", "compare/metrics.json", "compare/plots"} <= arts
+
+    # same inputs, byte-identical outputs
+    before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
+    compare.produce(params, layout)
+    after = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
+    assert before.keys() == after.keys()
+    assert [p for p in before if before[p] != after[p]] == []
+
+
+def test_mcnemar_counts_pair_by_seed_and_image(repo):
+    params = _params(repo.root, [0, 1, 2])
+    runs = results.read_all(repo, ["base", "dct", "synthetic"], [0, 1, 2], CLASSES)
+    a = compare.analyse(runs, CLASSES, params.compare)
+    # dct vs base: c = seed0 image 2, seed1 image 4, seed2 images 2 and 3; b = none
+    base = np.array(CORRECT["base"], bool).ravel()
+    dct = np.array(CORRECT["dct"], bool).ravel()
+    assert (a.mcnemar["dct"].b, a.mcnemar["dct"].c) == (
+        int(np.sum(base & ~dct)), int(np.sum(~base & dct)))  # fmt: skip
+    assert (a.mcnemar["dct"].b, a.mcnemar["dct"].c) == (0, 4)
+    assert a.mcnemar["dct"].p == pytest.approx(2 / 16)  # exact: 2 * 0.5**4
+    assert a.summaries["base"]["accuracy"].mean == pytest.approx(12 / 18)
+    assert a.confusion["base"].sum() == 18
+
+
+def test_one_seed_still_reports(tmp_path):
+    layout = make_repo(tmp_path, seeds=(0,), synthetic=False)
+    compare.produce(_params(tmp_path, [0]), layout)
+    text = (tmp_path / "reports/report.md").read_text()
+    assert "Only one seed" in text and "need at least two seeds" in text
+    assert "Quality not assessed" in text and "synthetic/manifest.csv" in text
+    m = json.loads((tmp_path / "reports/metrics.json").read_text())
+    assert m["vs_base"]["dct"]["p_paired_t"] is None  # JSON null, not NaN
+    assert m["conditions"]["base"]["accuracy_std"] is None
+
+
+def test_missing_condition_is_named(repo, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "r"
+    shutil.copytree(repo.root, root)
+    shutil.rmtree(root / "reports/train/synthetic/seed_1")
+    with pytest.raises(DataError, match=r"synthetic seed 1 \(.*synthetic/seed_1/predictions.csv"):
+        results.read_all(Layout(root), ["base", "dct", "synthetic"], [0, 1, 2], CLASSES)
+    # and through the CLI: one line, exit 2, no traceback
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = root / "params.yaml"
+    params.write_text(json.dumps(_params(tmp_path, [0, 1, 2]).model_dump()))
+    assert main(["--params", str(params), "--root", str(root), "compare"]) == 2
+    err = capsys.readouterr().err
+    assert "synthetic seed 1" in err and "Traceback" not in err
+
+
+def test_different_test_images_are_refused(repo, tmp_path):
+    root = tmp_path / "r"
+    shutil.copytree(repo.root, root)
+    layout = Layout(root)
+    pred_path = layout.train_report("dct", 1) / "predictions.csv"
+    pred = pd.read_csv(pred_path)
+    pred.loc[0, "path"] = "data/raw/CLL/cll_0.png"  # a training image instead
+    pred.to_csv(pred_path, index=False)
+    with pytest.raises(DataError, match="dct seed 1 was tested on different images"):
+        results.read_all(layout, ["base", "dct", "synthetic"], [0, 1, 2], CLASSES)
+    # across seeds of one condition too
+    shutil.copy(layout.train_report("base", 0) / "predictions.csv", pred_path)
+    p2 = layout.train_report("base", 2) / "predictions.csv"
+    pd.read_csv(p2).iloc[:-1].to_csv(p2, index=False)
+    with pytest.raises(DataError, match="base seed 2 was tested on different images"):
+        results.read_all(layout, ["base", "dct", "synthetic"], [0, 1, 2], CLASSES)
+
+
+def test_reader_accepts_class_names_and_percent_history(tmp_path):
+    layout = Layout(tmp_path)
+    write_run(layout, "base", 0, ["data/raw/a.png", "data/raw/b.png"], np.array([0, 2]),
+              np.array([0, 1]))  # fmt: skip
+    rep = layout.train_report("base", 0)
+    df = pd.read_csv(rep / "predictions.csv")
+    df["label"] = df["class"]
+    df["predicted"] = df["predicted_class"]
+    df.to_csv(rep / "predictions.csv", index=False)
+    pd.DataFrame({"epoch": [1, 2], "val_accuracy": [40.0, 55.0]}).to_csv(
+        rep / "history.csv", index=False
+    )
+    r = results.read_run(layout, "base", 0, CLASSES)
+    assert list(r.labels) == [0, 2] and list(r.predicted) == [0, 1]
+    assert r.accuracy == 0.5 and list(r.val_accuracy) == [0.4, 0.55] and r.best_epoch == 2
+    assert r.macro_f1(3) == pytest.approx((1 + 0 + 0) / 3)
