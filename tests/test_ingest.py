@@ -240,9 +240,12 @@ def test_same_image_under_two_classes_names_both(tmp_path):
     # same pixels, different format: still the same image
     with Image.open(src / "CLL" / "1.png") as img:
         img.save(src / "MCL" / "copy.tif")
+    (src / "FL" / "notes.txt").write_text("x")
     with pytest.raises(DataError) as err:
         run_ingest(tmp_path, source="folder", folder="src")
+    # both problems in one error: the ambiguous label and the unreadable file
     assert "CLL/1.png and MCL/copy.tif" in str(err.value)
+    assert "FL/notes.txt" in str(err.value)
     assert not (tmp_path / "data" / "raw").exists()
 
 

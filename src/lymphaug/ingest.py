@@ -123,13 +123,18 @@ def process(items: list[Item], out: Path, size: list[int] | None, workers: int) 
 def check_results(
     results: list[Result], classes: list[str], cfg: IngestConfig
 ) -> tuple[list[Result], list[str]]:
-    """Apply the unreadable and duplicate policies; return kept results and a skip report."""
+    """Apply the unreadable and duplicate policies; return kept results and a skip report.
+
+    Every problem found is reported in one error, so one run shows the user all
+    there is to fix.
+    """
+    problems = []
     bad = [r for r in results if r.error]
     if bad and cfg.on_unreadable == "fail":
-        lines = "\n".join(f"  {r.item.source}: {r.error}" for r in bad)
-        raise DataError(
+        lines = "".join(f"\n  {r.item.source}: {r.error}" for r in bad)
+        problems.append(
             f"{len(bad)} unreadable file(s) (set ingest.on_unreadable: skip to leave them out):"
-            f"\n{lines}"
+            + lines
         )
     report = [f"{r.item.source}\tunreadable: {r.error}" for r in bad]
     good = [r for r in results if not r.error]
@@ -142,17 +147,19 @@ def check_results(
             first[r.sha256] = r
             kept.append(r)
         elif seen.item.cls != r.item.cls:
-            clashes.append(f"  {seen.item.source} and {r.item.source}")
+            clashes.append(f"\n  {seen.item.source} and {r.item.source}")
         else:
             report.append(f"{r.item.source}\tduplicate of {seen.item.source}")
     if clashes:
-        raise DataError(
+        problems.append(
             f"{len(clashes)} image(s) appear under two classes (same pixels), so their label "
-            "is ambiguous; remove one copy of each:\n" + "\n".join(clashes)
+            "is ambiguous; remove one copy of each:" + "".join(clashes)
         )
     empty = [c for c in classes if not any(r.item.cls == c for r in kept)]
     if empty:
-        raise DataError(f"class(es) {empty} have no readable images")
+        problems.append(f"class(es) {empty} have no readable images")
+    if problems:
+        raise DataError("\n".join(problems))
     return kept, report
 
 
@@ -192,7 +199,7 @@ def ingest(items: list[Item], target: Path, params: Params, workers: int) -> pd.
 def run(params: Params, layout: Layout, args: object) -> int:
     cfg = params.ingest
     start = time.perf_counter()
-    workers = min(8, os.cpu_count() or 1)
+    workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
     if cfg.source == "sample":
         what = f"sample (seed {cfg.sample.seed})"
         df = ingest(sample_items(params), layout.raw, params, workers)
