@@ -15,13 +15,13 @@ from lymphaug.config import DctConfig, SplitConfig
 from lymphaug.dct import (
     augment_batch,
     augment_dataset,
-    channel_modes,
     dct2,
     image_rng,
     method1,
     method1_float,
     method2,
     method2_float,
+    mode_and_std,
 )
 from lymphaug.errors import LeakageError
 from lymphaug.images import read_rgb, save_png
@@ -109,7 +109,9 @@ def test_method1_band_matches_per_image_definition():
             keep[0, 0] = True
             ref = np.clip(np.rint(scipy.fft.idctn(coef * keep, norm="ortho")), 0, 255)
             assert np.abs(got[n, :, :, c] - ref).max() <= 1  # float32 vs float64 rounding
-    assert channel_modes(batch).shape == (2, 3)
+    mode, std = mode_and_std(batch)
+    assert mode.shape == std.shape == (2, 3)
+    np.testing.assert_allclose(std, batch.astype(np.float64).std(axis=(1, 2)), atol=1e-9)
 
 
 def test_noise_is_per_image_not_per_batch():
