@@ -32,6 +32,7 @@ from lymphaug.results import RunResult
 
 METRICS = ("accuracy", "macro_f1")
 PLOTS_DIR = "compare"  # reports/compare/
+QUALITY_PLOTS = ("nearest_pairs.png", "real_vs_synthetic.png")
 
 
 @dataclass
@@ -227,6 +228,12 @@ def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
         write_plots(runs, a, tmp)
         if q is not None:
             quality_plots(q, params, layout, tmp)
+        else:  # every declared output exists, saying why it is empty
+            for name in QUALITY_PLOTS:
+                plots.placeholder(tmp / name, f"Synthetic-image quality not assessed: {q_skipped}")
+            (tmp / "nearest_training.csv").write_text(
+                "synthetic,class,nearest_training,cosine_distance,near_copy\n"
+            )
     metrics = metrics_dict(a, q)
     text = report.render(a, q, q_skipped, params, layout, plot_dir)
     write_text_atomic(layout.reports / "metrics.json", json.dumps(metrics, indent=2) + "\n")

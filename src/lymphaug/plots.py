@@ -145,3 +145,14 @@ def real_vs_synthetic_sheet(
                 ax.set_title(f"{cls}: synthetic", fontsize=8, loc="left")
     fig.tight_layout()
     _save(fig, path)
+
+
+def placeholder(path: Path, text: str) -> None:
+    """A figure that says why the real one is missing (DVC expects every declared plot)."""
+    import textwrap
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 2.0))
+    ax.axis("off")
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(text, 80)), ha="center", va="center", fontsize=9)
+    _save(fig, path)
