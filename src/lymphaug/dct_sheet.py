@@ -16,7 +16,7 @@ from lymphaug import manifest
 from lymphaug.config import DctConfig
 from lymphaug.images import read_rgb
 
-THUMB_WIDTH = 240
+THUMB_WIDTH = 208  # half the real set's width
 LABEL_WIDTH = 150
 HEADER = 28
 PAD = 6
