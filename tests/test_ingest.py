@@ -19,8 +19,8 @@ from PIL import Image
 from lymphaug import ingest
 from lymphaug.cli import main
 from lymphaug.config import Params, parse_params
-from lymphaug.errors import DataError, LymphaugError
-from lymphaug.manifest import RAW_COLUMNS, read_table
+from lymphaug.errors import DataError
+from lymphaug.manifest import RAW_COLUMNS, SPLIT_COLUMNS, read_table
 from lymphaug.paths import Layout
 
 CLASSES = ["CLL", "FL", "MCL"]
@@ -280,9 +280,67 @@ def test_cli_bad_input_exits_2_with_one_line_message(tmp_path, capsys):
     assert "FL/notes.txt" in err and "Traceback" not in err
 
 
-def test_mat_source_is_a_clear_not_implemented_error(tmp_path):
-    with pytest.raises(LymphaugError, match="mat is not implemented"):
-        run_ingest(tmp_path, source="mat")
+# --- mat ----------------------------------------------------------------------
+
+
+def write_benchmark_mat(path: Path, n_per_class=(3, 4, 3), folds: int = 5, dim1: int = 8) -> None:
+    """A DatasColor-style file: DATA = {images, labels, DIV, DIM1, DIM2}."""
+    import scipy.io
+
+    labels = np.repeat(np.arange(1, 4), n_per_class)
+    n = len(labels)
+    images = np.empty((1, n), dtype=object)
+    for k in range(n):
+        images[0, k] = noise(200 + k, 9, 11)
+    images[0, n - 1] = noise(300, 9, 11, channels=1).astype(np.uint16) * 257  # 16-bit gray
+    rng = np.random.default_rng(0)
+    div = np.stack([rng.permutation(n) + 1 for _ in range(folds)]).astype(float)
+    data = np.empty((1, 5), dtype=object)
+    data[0, :] = [images, labels[None].astype(float), div, np.array([[dim1]]), np.array([[n]])]
+    scipy.io.savemat(path, {"DATA": data})
+
+
+def test_mat_source_reads_images_labels_and_the_chosen_fold(tmp_path):
+    import scipy.io
+
+    write_benchmark_mat(tmp_path / "DatasColor_29.mat")
+    layout = run_ingest(tmp_path, source="mat", mat={"path": "DatasColor_29.mat", "fold": 2})
+    df = read_table(layout.raw_manifest, RAW_COLUMNS)
+    assert df["class"].value_counts().to_dict() == {"CLL": 3, "FL": 4, "MCL": 3}
+    # index in the file, like the shared PNG copy's names (CLL 000-112, FL 113-...)
+    assert df["path"].tolist()[:4] == ["CLL/000.png", "CLL/001.png", "CLL/002.png", "FL/003.png"]
+    assert df.set_index("path").loc["FL/003.png", "source"] == "DatasColor_29.mat:DATA{1}{4}"
+    with Image.open(layout.raw / "CLL" / "000.png") as img:
+        assert np.array_equal(np.asarray(img), noise(200, 9, 11))
+    with Image.open(layout.raw / "MCL" / "009.png") as img:
+        assert np.array_equal(np.asarray(img)[..., 1], noise(300, 9, 11, channels=1))
+
+    split = read_table(layout.raw_predefined_split, SPLIT_COLUMNS)
+    assert split["split"].value_counts().to_dict() == {"train": 8, "val": 2}
+    assert set(split["fold"]) == {2}
+    div = scipy.io.loadmat(tmp_path / "DatasColor_29.mat")["DATA"][0, 2]
+    train_idx = sorted(int(i) - 1 for i in div[1, :8])
+    assert sorted(split.index[split["split"] == "train"]) == train_idx  # rows sorted by index
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"fold": 6}, r"ingest.mat.fold 6 out of range 1..5"),
+        ({"images_key": "X"}, r"no variable 'X' \(ingest.mat.images_key\); it has \['DATA'\]"),
+    ],
+)
+def test_mat_source_bad_config_is_named(tmp_path, cfg, message):
+    write_benchmark_mat(tmp_path / "d.mat")
+    with pytest.raises(DataError, match=message):
+        run_ingest(tmp_path, source="mat", mat={"path": "d.mat", **cfg})
+
+
+def test_mat_source_unreadable_file(tmp_path):
+    (tmp_path / "d.mat").write_bytes(b"MATLAB 7.3 MAT-file" + bytes(200))
+    with pytest.raises(DataError, match="d.mat: "):
+        run_ingest(tmp_path, source="mat", mat={"path": "d.mat"})
+    assert not (tmp_path / "data").exists()
 
 
 # --- archive ----------------------------------------------------------------

@@ -23,6 +23,16 @@ class Layout:
         return self.raw / "manifest.csv"
 
     @property
+    def raw_skipped(self) -> Path:
+        """Files ingest left out (unreadable with on_unreadable: skip, duplicates); if any."""
+        return self.raw / "skipped.txt"
+
+    @property
+    def raw_predefined_split(self) -> Path:
+        """source=mat only: the MATLAB file's chosen fold (manifest.SPLIT_COLUMNS)."""
+        return self.raw / "predefined_split.csv"
+
+    @property
     def split_csv(self) -> Path:
         """One row per raw image: path, class, split (train/val/test), fold."""
         return self.root / "data" / "split.csv"
