@@ -52,7 +52,7 @@ from lymphaug.paths import Layout
 
 AXES = (1, 2)  # H, W of an (N, H, W, C) batch
 BATCH = 16  # images per transform call: ~1.6 MB each as float32 at 312 x 417
-WORKERS = os.cpu_count() or 1
+WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def dct2(x: np.ndarray) -> np.ndarray:
@@ -118,7 +118,7 @@ def method2_float(
     """Method 2 before rounding/clipping, from precomputed coefficients (left unchanged)."""
     if len(rngs) != len(coef):
         raise ValueError(f"need one generator per image: {len(rngs)} for {len(coef)}")
-    noise = np.empty_like(coef)
+    noise = np.empty(coef.shape, np.float32)  # C order: noise[i] is contiguous for out=
     for i, rng in enumerate(rngs):  # one call per image: seeded per image, not per batch
         rng.random(out=noise[i], dtype=np.float32)
     noise -= np.float32(0.5)
