@@ -216,3 +216,16 @@ def test_cli_end_to_end(tmp_path, repo_root, capsys):
     manifest.write_table(split, tmp_path / "data" / "split.csv", manifest.SPLIT_COLUMNS)
     assert main([*args, "dct"]) == 2
     assert "not in the raw manifest" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_real_images(real_data):
+    """On real H&E images: means kept, method 2's noise has the configured size."""
+    batch = np.stack([read_rgb(real_data / c / f) for c, f in
+                      [("CLL", "000.png"), ("FL", "113.png"), ("MCL", "252.png")]])  # fmt: skip
+    m1 = method1(batch, 2.0).astype(float)
+    m2 = method2(batch, 20.0, rngs(["a", "b", "c"])).astype(float)
+    for out in (m1, m2):
+        assert np.abs(out.mean(axis=(1, 2)) - batch.mean(axis=(1, 2))).max() < 1.5
+    assert abs((m2 - batch).std() - 20.0 / np.sqrt(12)) < 0.3
+    assert not np.array_equal(m1, batch)
