@@ -13,8 +13,8 @@ This is the study's definition taken literally: the band is in pixel-value units
 is compared with coefficient magnitudes. With an orthonormal DCT the AC coefficients'
 RMS equals the pixel std, so the band typically drops both the many small
 (fine-detail) coefficients below ``m - k*s`` and the few strongest ones above
-``m + k*s``: a strong, channel-dependent band-pass (on the real set 0.2-50 % of the
-coefficients survive per channel). It has no randomness, so copies would be identical:
+``m + k*s``: a strong, channel-dependent band-pass (on real images 0.1-50 % of a
+channel's coefficients survive). It has no randomness, so copies would be identical:
 method 1 writes one image per training image whatever ``copies_per_image`` says.
 
 Method 2 (coefficient noise, seeded). Every coefficient but DC gets ``sigma * u``
