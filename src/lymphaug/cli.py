@@ -83,6 +83,12 @@ def _add_known_arguments(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--no-resume", action="store_true", help="ignore an earlier checkpoint")
     if name in ("finetune", "generate"):
         p.add_argument("--no-resume", action="store_true", help="ignore earlier progress")
+    if name == "finetune":
+        p.add_argument(
+            "--resume-from",
+            metavar="CHECKPOINT",
+            help="resume from this checkpoint folder (default: the newest one for these params)",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -137,7 +137,8 @@ class FinetuneConfig(Section):
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
     use_ema: bool = False
-    snr_gamma: float | None = None
+    snr_gamma: float | None = Field(None, gt=0, description="Min-SNR weighting; 5.0 typical")
+    prompt_dropout: float = Field(0.1, ge=0, lt=1, description="P(empty prompt): enables CFG")
     checkpoint_every: int = Field(50, ge=1)
     checkpoints_total_limit: int = Field(2, ge=1)
     validation_every: int = Field(75, ge=1)
@@ -153,6 +154,7 @@ class GenerateConfig(Section):
     strength: float = Field(0.5, gt=0, le=1)
     batch_size: int = Field(10, ge=1)
     seed: int = 0
+    contact_sheet_per_class: int = Field(4, ge=1)
 
 
 # --- classifier -------------------------------------------------------------

@@ -1,0 +1,178 @@
+"""Base models (tiny, hub id, local diffusers folder) and the fine-tuned model's on-disk form.
+
+The fine-tuned model in ``models/diffusion`` is self-describing: ``lymphaug_model.json``
+says which method made it and what it rests on.
+
+- ``full``: the whole pipeline via ``save_pretrained`` (``StableDiffusionPipeline.from_pretrained``
+  loads it with no reference to the base);
+- ``lora``: only the adapter (``pytorch_lora_weights.safetensors``, a few MB for SD v1.5), loaded
+  with ``load_lora_weights`` on top of the recorded base. A ``tiny`` base is rebuilt from its seed
+  and checked against a recorded fingerprint, so nothing silently changes underneath the adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lymphaug.diffusion.tiny import TINY, build_tiny_pipeline
+from lymphaug.errors import DataError, LymphaugError
+from lymphaug.fsutil import sha256_file
+
+INFO_FILE = "lymphaug_model.json"
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelError(LymphaugError):
+    """A base or fine-tuned model cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``models/diffusion`` holds; written by finetune, read by generate."""
+
+    method: str
+    base_model: str
+    tiny_seed: int
+    resolution: int
+    classes: list[str]
+    prompts: dict[str, str]
+    base_fingerprint: str = ""
+    fingerprint: str = ""  # sha256 over the saved weight files
+    steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def unet_fingerprint(unet) -> str:
+    """A short hash of a module's weights (to check a rebuilt tiny base is the same one)."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(unet.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def base_kind(base_model: str, root: Path) -> str:
+    """Classify ``finetune.base_model``: 'tiny', 'path' or 'hub'."""
+    if base_model == TINY:
+        return "tiny"
+    path = Path(base_model).expanduser()
+    if (
+        path.is_absolute()
+        or (root / path).exists()
+        or base_model.startswith((".", "~"))
+        or not _HUB_ID.match(base_model)
+    ):
+        return "path"
+    return "hub"
+
+
+def _resolve(base_model: str, root: Path) -> Path:
+    path = Path(base_model).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def load_base(base_model: str, seed: int, root: Path = Path(".")):
+    """Load the base StableDiffusionPipeline (fp32, CPU) named by ``finetune.base_model``."""
+    kind = base_kind(base_model, root)
+    if kind == "tiny":
+        return build_tiny_pipeline(seed)
+    from diffusers import StableDiffusionPipeline
+
+    if kind == "path":
+        path = _resolve(base_model, root)
+        if not path.exists():
+            raise ModelError(f"finetune.base_model: {path} does not exist")
+        if not (path / "model_index.json").is_file():
+            raise ModelError(
+                f"finetune.base_model: {path} is not a diffusers folder (no model_index.json); "
+                "save one with pipeline.save_pretrained(...)"
+            )
+        source, hint = str(path), "is the folder complete?"
+    else:
+        source = base_model
+        hint = (
+            "no internet or unknown id? download it elsewhere with "
+            "StableDiffusionPipeline.from_pretrained(...).save_pretrained(<dir>) and set "
+            "finetune.base_model to that folder"
+        )
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source, safety_checker=None, requires_safety_checker=False
+        )
+    except Exception as err:  # diffusers/hub raise many types; all mean "cannot load this"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"finetune.base_model: cannot load {source!r} ({first}); {hint}") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def read_info(model_dir: Path) -> ModelInfo:
+    path = model_dir / INFO_FILE
+    if not path.is_file():
+        raise DataError(
+            f"{model_dir}: not a fine-tuned model (no {INFO_FILE}); run `lymphaug finetune`"
+        )
+    try:
+        return ModelInfo(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise DataError(f"{path}: unreadable model description ({err})") from None
+
+
+def write_info(model_dir: Path, info: ModelInfo) -> ModelInfo:
+    """Fingerprint the weight files in ``model_dir`` and write the description next to them."""
+    files = sorted(p for p in model_dir.rglob("*") if p.suffix in (".safetensors", ".bin"))
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.relative_to(model_dir).as_posix().encode() + sha256_file(p).encode())
+    info = ModelInfo(**{**asdict(info), "fingerprint": h.hexdigest()[:16]})
+    (model_dir / INFO_FILE).write_text(json.dumps(asdict(info), indent=2, sort_keys=True) + "\n")
+    return info
+
+
+def save_finetuned(pipe, model_dir: Path, info: ModelInfo) -> ModelInfo:
+    """Write the fine-tuned model into ``model_dir`` (an empty, temporary folder)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if info.method == "lora":
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+        StableDiffusionPipeline.save_lora_weights(
+            model_dir, unet_lora_layers=layers, weight_name=LORA_WEIGHTS
+        )
+    else:
+        pipe.save_pretrained(model_dir)
+    return write_info(model_dir, info)
+
+
+def load_finetuned(model_dir: Path, root: Path = Path(".")):
+    """Load ``models/diffusion`` as a ready StableDiffusionPipeline; returns (pipe, info)."""
+    info = read_info(model_dir)
+    if info.method == "lora":
+        pipe = load_base(info.base_model, info.tiny_seed, root)
+        if info.base_fingerprint and unet_fingerprint(pipe.unet) != info.base_fingerprint:
+            raise ModelError(
+                f"{model_dir}: the base model {info.base_model!r} is not the one the LoRA adapter "
+                "was trained on (its weights differ); rerun `lymphaug finetune`"
+            )
+        try:
+            pipe.load_lora_weights(model_dir, weight_name=LORA_WEIGHTS)
+        except (OSError, ValueError) as err:
+            raise DataError(f"{model_dir}: cannot load the LoRA adapter ({err})") from None
+        return pipe, info
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model_dir, safety_checker=None, requires_safety_checker=False
+        )
+    except (OSError, ValueError) as err:
+        raise DataError(f"{model_dir}: cannot load the fine-tuned pipeline ({err})") from None
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, info

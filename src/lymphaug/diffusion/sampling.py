@@ -1,0 +1,86 @@
+"""Sampling helpers: schedulers by name, per-image seeds, picture grids and contact sheets."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SCHEDULERS = ("dpmsolver++", "ddpm", "pndm", "euler")
+
+
+def make_scheduler(name: str, config):
+    """A sampling scheduler from the model's scheduler config (DPM-Solver++ by default)."""
+    from diffusers import (
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        PNDMScheduler,
+    )
+
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    if name == "ddpm":
+        return DDPMScheduler.from_config(config)
+    if name == "pndm":
+        return PNDMScheduler.from_config(config, skip_prk_steps=True)
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config)
+    raise ValueError(f"unknown scheduler {name!r}; expected one of {SCHEDULERS}")
+
+
+def image_seed(seed: int, class_index: int, index: int) -> int:
+    """The seed of one synthetic image: independent of batch size and of the other images."""
+    state = np.random.SeedSequence([seed, class_index, index]).generate_state(1, dtype=np.uint32)
+    return int(state[0])
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Pipeline float output in [0, 1] -> uint8."""
+    return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+
+
+def resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    if array.shape[1] == width and array.shape[0] == height:
+        return array
+    return np.asarray(Image.fromarray(array).resize((width, height), Image.LANCZOS))
+
+
+def grid(rows: list[list[np.ndarray]], pad: int = 2) -> Image.Image:
+    """Tile rows of equally sized HxWx3 uint8 images, white padding."""
+    h, w = rows[0][0].shape[:2]
+    ncol = max(len(r) for r in rows)
+    sheet = Image.new("RGB", (ncol * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            sheet.paste(Image.fromarray(img), (pad + c * (w + pad), pad + r * (h + pad)))
+    return sheet
+
+
+def contact_sheet(
+    real: dict[str, list[np.ndarray]], synthetic: dict[str, list[np.ndarray]], thumb: int = 96
+) -> Image.Image:
+    """One row per class: real training images on the left, synthetic ones on the right."""
+    label_w, gap, pad, head = 70, 12, 2, 16
+    n_real = max((len(v) for v in real.values()), default=0)
+    n_syn = max((len(v) for v in synthetic.values()), default=0)
+    classes = list(synthetic)
+
+    def thumbed(a: np.ndarray) -> Image.Image:
+        img = Image.fromarray(a)
+        scale = thumb / max(img.size)
+        return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+
+    width = label_w + (n_real + n_syn) * (thumb + pad) + gap
+    sheet = Image.new("RGB", (width, head + len(classes) * (thumb + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((label_w, 2), "real (training)", fill="black")
+    draw.text((label_w + n_real * (thumb + pad) + gap, 2), "synthetic", fill="black")
+    for r, cls in enumerate(classes):
+        y = head + r * (thumb + pad)
+        draw.text((4, y + thumb // 2 - 5), cls, fill="black")
+        for c, a in enumerate(real.get(cls, [])[:n_real]):
+            sheet.paste(thumbed(a), (label_w + c * (thumb + pad), y))
+        x0 = label_w + n_real * (thumb + pad) + gap
+        for c, a in enumerate(synthetic[cls][:n_syn]):
+            sheet.paste(thumbed(a), (x0 + c * (thumb + pad), y))
+    return sheet

@@ -1,0 +1,281 @@
+"""``lymphaug generate``: synthetic images per class from the fine-tuned model.
+
+txt2img samples from the class prompt; img2img (SDEdit, Trabucco et al. 2023) starts from
+a noised *training* image of the class with ``strength`` in (0, 1]. Every image has its own
+seed (a function of generate.seed, class and index), so the pictures do not depend on the
+batch size, and finished images are kept in ``work/generate/<hash>`` so an interrupted run
+resumes without redoing or duplicating them. At the end everything is moved atomically into
+``data/synthetic/<class>/*.png`` with ``manifest.csv`` (manifest.SYNTHETIC_COLUMNS), resized
+to the data set's image size, and a real-vs-synthetic contact sheet is drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lymphaug.config import GenerateConfig, Params
+from lymphaug.errors import ConfigError, DataError
+from lymphaug.fsutil import atomic_path, remove, write_bytes_atomic
+from lymphaug.images import png_bytes, read_rgb
+from lymphaug.manifest import (
+    RAW_COLUMNS,
+    SPLIT_COLUMNS,
+    SYNTHETIC_COLUMNS,
+    assert_train_only,
+    read_table,
+    write_table,
+)
+from lymphaug.paths import Layout
+
+SHEET = "synthetic_contact_sheet.png"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One synthetic image to make."""
+
+    cls: str
+    class_index: int
+    index: int
+    seed: int
+    prompt: str
+    source: str  # data/raw-relative training image (img2img), else ""
+
+    @property
+    def rel(self) -> str:
+        return f"{self.cls}/{self.cls}_{self.index:04d}.png"
+
+
+def dataset_size(raw_manifest: pd.DataFrame) -> tuple[int, int]:
+    """The data set's (width, height): the most common size in data/raw/manifest.csv."""
+    if raw_manifest.empty:
+        raise DataError("data/raw/manifest.csv: no images, so no target size")
+    sizes = raw_manifest.groupby(["width", "height"]).size().reset_index(name="n")
+    best = sizes.sort_values(["n", "width", "height"], ascending=[False, True, True]).iloc[0]
+    return int(best["width"]), int(best["height"])
+
+
+def plan(
+    cfg: GenerateConfig, classes: list[str], prompts: dict[str, str], sources: dict[str, list[str]]
+) -> list[Job]:
+    """Every image to make, in order; img2img cycles through the class's training images."""
+    from lymphaug.diffusion.sampling import image_seed
+
+    missing = [c for c in classes if not prompts.get(c, "").strip()]
+    if missing:
+        raise DataError(
+            f"the fine-tuned model has no prompt for class(es) {missing}; rerun `lymphaug finetune`"
+        )
+    if cfg.mode == "img2img" and int(cfg.steps * cfg.strength) < 1:
+        raise ConfigError(
+            f"generate.strength={cfg.strength} x generate.steps={cfg.steps} leaves no denoising "
+            "step; raise strength or steps"
+        )
+    jobs = []
+    for ci, cls in enumerate(classes):
+        pool = sources.get(cls, [])
+        if cfg.mode == "img2img" and not pool:
+            raise DataError(f"img2img: class {cls} has no training image to start from")
+        for i in range(cfg.per_class):
+            src = pool[i % len(pool)] if cfg.mode == "img2img" else ""
+            jobs.append(Job(cls, ci, i, image_seed(cfg.seed, ci, i), prompts[cls], src))
+    return jobs
+
+
+def work_hash(cfg: GenerateConfig, fingerprint: str, size, jobs: list[Job]) -> str:
+    """Identify a generation by what determines its pixels (not batch size or sheet layout)."""
+    settings = cfg.model_dump(exclude={"batch_size", "contact_sheet_per_class"})
+    blob = json.dumps([settings, fingerprint, list(size), [asdict(j) for j in jobs]], default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def generate_images(
+    pipe,
+    jobs: list[Job],
+    cfg: GenerateConfig,
+    out_dir: Path,
+    size: tuple[int, int],
+    resolution: int,
+    raw: Path,
+    *,
+    on_image: Callable[[Job], None] | None = None,
+) -> int:
+    """Write every job's PNG into ``out_dir`` (skipping finished ones); returns how many were made.
+
+    Each file is written atomically right after its batch, so an interruption loses at
+    most the batch in flight.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from lymphaug.diffusion.sampling import make_scheduler, resize, to_uint8
+
+    todo = [j for j in jobs if not (out_dir / j.rel).is_file()]
+    if not todo:
+        return 0
+    pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
+    if cfg.mode == "img2img":
+        from diffusers import StableDiffusionImg2ImgPipeline
+
+        runner = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
+        runner.set_progress_bar_config(disable=True)
+    else:
+        runner = pipe
+    made = 0
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generate", disable=None)
+    batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
+    for batch in batches:
+        # one prompt per call keeps the conditioning batch uniform; classes are contiguous
+        for cls in dict.fromkeys(j.cls for j in batch):
+            part = [j for j in batch if j.cls == cls]
+            gens = [torch.Generator("cpu").manual_seed(j.seed) for j in part]
+            kwargs = dict(
+                prompt=[j.prompt for j in part],
+                num_inference_steps=cfg.steps,
+                guidance_scale=cfg.guidance_scale,
+                generator=gens,
+                output_type="np",
+            )
+            if cfg.mode == "img2img":
+                from PIL import Image
+
+                kwargs["image"] = [
+                    Image.fromarray(read_rgb(raw / j.source)).resize(
+                        (resolution, resolution), Image.LANCZOS
+                    )
+                    for j in part
+                ]
+                kwargs["strength"] = cfg.strength
+            else:
+                kwargs.update(height=resolution, width=resolution)
+            with torch.inference_mode():
+                images = to_uint8(runner(**kwargs).images)
+            for job, img in zip(part, images, strict=True):
+                write_bytes_atomic(out_dir / job.rel, png_bytes(resize(img, *size)))
+                made += 1
+                bar.update(1)
+                if on_image:
+                    on_image(job)
+    bar.close()
+    return made
+
+
+def manifest_frame(jobs: list[Job], cfg: GenerateConfig) -> pd.DataFrame:
+    rows = [
+        {
+            "path": j.rel,
+            "class": j.cls,
+            "prompt": j.prompt,
+            "seed": j.seed,
+            "scheduler": cfg.scheduler,
+            "steps": cfg.steps,
+            "guidance": cfg.guidance_scale,
+            "mode": cfg.mode,
+            "strength": cfg.strength if cfg.mode == "img2img" else "",
+            "source": j.source,
+        }
+        for j in jobs
+    ]
+    return pd.DataFrame(rows, columns=SYNTHETIC_COLUMNS)
+
+
+def publish(work_images: Path, jobs: list[Job], cfg: GenerateConfig, target: Path) -> None:
+    """Move the finished images and the manifest into ``target`` in one atomic rename."""
+    with atomic_path(target) as tmp:
+        for j in jobs:
+            (tmp / j.rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(work_images / j.rel, tmp / j.rel)
+        write_table(manifest_frame(jobs, cfg), tmp / "manifest.csv", SYNTHETIC_COLUMNS)
+
+
+def contact_sheet_image(layout: Layout, train: pd.DataFrame, classes: list[str], k: int):
+    from lymphaug.diffusion.sampling import contact_sheet
+
+    syn = read_table(layout.synthetic / "manifest.csv", SYNTHETIC_COLUMNS)
+    real, fake = {}, {}
+    for cls in classes:
+        real[cls] = [read_rgb(layout.raw / p) for p in train[train["class"] == cls]["path"][:k]]
+        fake[cls] = [read_rgb(layout.synthetic / p) for p in syn[syn["class"] == cls]["path"][:k]]
+    return contact_sheet(real, fake)
+
+
+def generate(
+    params: Params,
+    layout: Layout,
+    *,
+    resume: bool = True,
+    track: bool = True,
+    on_image: Callable[[Job], None] | None = None,
+    device: str | None = None,
+) -> dict:
+    """The whole stage; returns a summary (images made, skipped, seconds, work folder)."""
+    import torch
+
+    from lymphaug.diffusion.loading import load_finetuned
+
+    cfg = params.generate
+    start = time.perf_counter()
+    pipe, info = load_finetuned(layout.diffusion_model, layout.root)
+    size = dataset_size(read_table(layout.raw_manifest, RAW_COLUMNS))
+    split = read_table(layout.split_csv, SPLIT_COLUMNS)
+    train = split[split["split"] == "train"].sort_values("path", kind="stable")
+    assert_train_only(train["path"], split, "generate")
+    sources = {c: list(train[train["class"] == c]["path"]) for c in params.classes}
+    jobs = plan(cfg, params.classes, info.prompts, sources)
+    work = layout.work / "generate" / work_hash(cfg, info.fingerprint, size, jobs)
+    if not resume:
+        remove(work)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe.to(device, torch.float16 if device == "cuda" else torch.float32)
+    made = generate_images(pipe, jobs, cfg, work / "images", size, info.resolution, layout.raw,
+                           on_image=on_image)  # fmt: skip
+    seconds = time.perf_counter() - start
+    publish(work / "images", jobs, cfg, layout.synthetic)
+    remove(work)
+    sheet = contact_sheet_image(layout, train, params.classes, cfg.contact_sheet_per_class)
+    with atomic_path(layout.reports / SHEET) as tmp:
+        sheet.save(tmp, format="PNG")
+    summary = {"images": len(jobs), "generated": made, "skipped": len(jobs) - made,
+               "seconds": round(seconds, 2), "work": str(work)}  # fmt: skip
+    if track:
+        import mlflow
+
+        from lymphaug.diffusion.track import child_run, flat_params
+
+        with child_run(params, layout.root, "generate"):
+            mlflow.log_params({**flat_params("generate", cfg), "model": info.fingerprint})
+            mlflow.log_metrics({"images": len(jobs), "seconds": seconds,
+                                "images_per_s": made / seconds if made else 0.0})  # fmt: skip
+            mlflow.log_artifact(str(layout.reports / SHEET))
+            mlflow.log_artifact(str(layout.synthetic / "manifest.csv"))
+    return summary
+
+
+def run(params: Params, layout: Layout, args) -> int:
+    from lymphaug.diffusion.training import cpu_threads
+
+    with cpu_threads(_base_of(layout)):
+        s = generate(params, layout, resume=not getattr(args, "no_resume", False))
+    note = f" ({s['skipped']} already done, resumed)" if s["skipped"] else ""
+    print(
+        f"generate: {s['images']} images{note} in {s['seconds']:.1f} s -> {layout.synthetic}; "
+        f"contact sheet {layout.reports / SHEET}"
+    )
+    return 0
+
+
+def _base_of(layout: Layout) -> str:
+    from lymphaug.diffusion.loading import read_info
+
+    try:
+        return read_info(layout.diffusion_model).base_model
+    except DataError:
+        return ""
