@@ -1,0 +1,178 @@
+"""A real MLflow tracking server on 127.0.0.1, used over HTTP through lymphaug.tracking.
+
+The server is the `mlflow server` CLI (SQLite backend store, a local artifact destination
+served through the server's artifact proxy, as in the compose stack where it is S3).
+Start-up takes several seconds, so those tests are slow; the unreachable-server checks run
+in the default suite.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from lymphaug import tracking
+from lymphaug.config import MlflowConfig
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- unreachable server (default suite) ------------------------------------------------------
+
+
+def test_unreachable_server_is_named_fast(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match=f"{uri}.*unreachable"):
+        tracking.check_reachable(uri)
+    with pytest.raises(tracking.TrackingError, match=uri):
+        tracking.setup(MlflowConfig(tracking_uri=uri, experiment="x"), tmp_path)
+    assert time.monotonic() - start < 5
+    assert not (tmp_path / "mlflow.db").exists(), "no fallback store behind the user's back"
+
+
+def test_environment_uri_wins_and_is_checked(tmp_path, monkeypatch):
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = MlflowConfig(tracking_uri=None, experiment="x")
+    assert tracking.tracking_uri(cfg, tmp_path) == uri
+    with pytest.raises(tracking.TrackingError, match=uri):
+        tracking.setup(cfg, tmp_path)
+
+
+# --- live server (slow) -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on 127.0.0.1:<free port>; yields (uri, artifact directory)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    artifacts = root / "artifacts"
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination", str(artifacts),
+    ]  # fmt: skip
+    log = (root / "server.log").open("w")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    # own process group: the server runs its workers as children, stopped together below
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not up in 180 s: {(root / 'server.log').read_text()}")
+            time.sleep(0.5)
+        yield uri, artifacts, proc.pid
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def non_loopback_ipv4() -> str | None:
+    """An address of this machine other than 127.x (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(("10.255.255.255", 1))
+            addr = sock.getsockname()[0]
+        except OSError:
+            return None
+    return None if addr.startswith("127.") else addr
+
+
+@pytest.mark.slow
+def test_server_listens_on_loopback_only(mlflow_server):
+    uri, _, _ = mlflow_server
+    port = int(uri.rsplit(":", 1)[1])
+    addr = non_loopback_ipv4()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to probe")
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        assert sock.connect_ex((addr, port)) != 0, f"server reachable on {addr}:{port}"
+
+
+@pytest.mark.slow
+def test_runs_metrics_and_artifacts_over_http(mlflow_server, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri, artifact_dir, _ = mlflow_server
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv("LYMPHAUG_PIPELINE_ID", "server-test")
+    cfg = MlflowConfig(tracking_uri=uri, experiment="lymphaug-server-test")
+
+    client, exp_id = tracking.setup(cfg, tmp_path)
+    key = tracking.pipeline_key(tmp_path)
+    parent = tracking.parent_run_id(client, exp_id, key)
+    assert tracking.parent_run_id(client, exp_id, key) == parent, "one parent per pipeline key"
+
+    report = tmp_path / "metrics.json"
+    report.write_text('{"accuracy": 0.75}\n')
+
+    def one_run() -> str:
+        child = tracking.fresh_child_run_id(client, exp_id, parent, "train base seed=0")
+        with mlflow.start_run(run_id=child):
+            mlflow.log_params({"condition": "base", "seed": 0})
+            for epoch in range(3):
+                mlflow.log_metrics(
+                    {"train_loss": 1.0 / (epoch + 1), "val_accuracy": 0.5 + 0.1 * epoch},
+                    step=epoch,
+                )
+            mlflow.log_artifact(str(report), artifact_path="reports")
+        return child
+
+    first = one_run()
+    child = one_run()  # a rerun replaces the earlier child of the same name
+
+    reader = MlflowClient(uri)  # a fresh client: everything below came back over HTTP
+    run = reader.get_run(child)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[tracking.PARENT_TAG] == parent
+    assert run.data.params == {"condition": "base", "seed": "0"}
+    history = reader.get_metric_history(child, "val_accuracy")
+    assert [m.step for m in history] == [0, 1, 2]
+    assert [round(m.value, 6) for m in history] == [0.5, 0.6, 0.7]
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), "proxied by the server"
+    assert [a.path for a in reader.list_artifacts(child, "reports")] == ["reports/metrics.json"]
+    local = Path(reader.download_artifacts(child, "reports/metrics.json", str(tmp_path / "dl")))
+    assert local.read_bytes() == report.read_bytes()
+    assert list(artifact_dir.rglob("metrics.json")), "stored in the server's artifact destination"
+
+    children = reader.search_runs(
+        [exp_id], filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent}'"
+    )
+    assert [r.info.run_id for r in children] == [child]
+    assert reader.get_run(first).info.lifecycle_stage == "deleted"
