@@ -1,0 +1,133 @@
+"""The generate stage: seeded per-image sampling, resume, img2img, bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from diffusion_fixtures import make_dataset, tiny_params
+
+from lymphaug.config import parse_params
+from lymphaug.diffusion.training import cpu_threads
+from lymphaug.errors import ConfigError, DataError
+from lymphaug.finetune import finetune
+from lymphaug.generate import generate
+from lymphaug.images import read_rgb
+from lymphaug.manifest import SPLIT_COLUMNS, SYNTHETIC_COLUMNS, read_table
+from lymphaug.paths import Layout
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with cpu_threads("tiny"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A repository with a tiny data set and a (briefly) fine-tuned tiny model."""
+    root = tmp_path_factory.mktemp("trained")
+    layout = make_dataset(root)
+    with cpu_threads("tiny"):
+        finetune(tiny_params(root, {"max_steps": 2}), layout, track=False)
+    return root
+
+
+@pytest.fixture
+def layout(trained, tmp_path):
+    """A fresh copy of the trained repository (tests write data/synthetic into it)."""
+    root = tmp_path / "repo"
+    shutil.copytree(trained, root)
+    return Layout(root)
+
+
+def _files(layout):
+    return {p.relative_to(layout.synthetic).as_posix(): p.read_bytes()
+            for p in sorted(layout.synthetic.rglob("*.png"))}  # fmt: skip
+
+
+def test_generates_sized_images_manifest_and_sheet(layout, tmp_path):
+    summary = generate(tiny_params(tmp_path), layout, track=True)
+    assert summary["generated"] == 6
+    files = _files(layout)
+    assert sorted(files) == [f"{c}/{c}_{i:04d}.png" for c in ("CLL", "FL", "MCL") for i in (0, 1)]
+    assert read_rgb(layout.synthetic / "FL/FL_0001.png").shape == (36, 48, 3)  # data set size
+    df = read_table(layout.synthetic / "manifest.csv", SYNTHETIC_COLUMNS)
+    assert list(df.columns) == SYNTHETIC_COLUMNS and len(df) == 6
+    assert set(df["scheduler"]) == {"dpmsolver++"} and set(df["mode"]) == {"txt2img"}
+    assert df["seed"].nunique() == 6 and (df["source"] == "").all()
+    assert (layout.reports / "synthetic_contact_sheet.png").stat().st_size > 0
+    assert not list((layout.work / "generate").iterdir())  # progress moved out
+
+
+def test_same_params_same_bytes_whatever_the_batch_size(layout, tmp_path):
+    generate(tiny_params(tmp_path, generate={"batch_size": 4}), layout, track=False)
+    first = _files(layout)
+    generate(tiny_params(tmp_path, generate={"batch_size": 1}), layout, track=False, resume=False)
+    assert _files(layout) == first
+
+
+def test_interrupted_generation_resumes_without_redoing_images(layout, tmp_path):
+    params = tiny_params(tmp_path, generate={"batch_size": 1})
+    generate(params, layout, track=False)
+    reference = _files(layout)
+    shutil.rmtree(layout.synthetic)
+    made = []
+
+    def stop_after_three(job):
+        made.append(job.rel)
+        if len(made) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        generate(params, layout, track=False, on_image=stop_after_three)
+    assert not layout.synthetic.exists()  # nothing published half-way
+    (work,) = (layout.work / "generate").iterdir()
+    done = sorted(p.relative_to(work / "images").as_posix() for p in work.rglob("*.png"))
+    assert done == sorted(made)
+    seen = []
+    summary = generate(params, layout, track=False, on_image=lambda job: seen.append(job.rel))
+    assert summary["generated"] == 3 and summary["skipped"] == 3
+    assert not set(seen) & set(done)  # finished images were not regenerated
+    assert _files(layout) == reference  # and nothing is duplicated or different
+    assert len(read_table(layout.synthetic / "manifest.csv", SYNTHETIC_COLUMNS)) == 6
+
+
+def test_img2img_starts_from_training_images_of_the_class(layout, tmp_path):
+    params = tiny_params(tmp_path, generate={"mode": "img2img", "strength": 0.5, "steps": 4,
+                                             "scheduler": "euler"})  # fmt: skip
+    generate(params, layout, track=False)
+    df = read_table(layout.synthetic / "manifest.csv", SYNTHETIC_COLUMNS)
+    split = read_table(layout.split_csv, SPLIT_COLUMNS).set_index("path")
+    assert (df["mode"] == "img2img").all() and (df["strength"] == 0.5).all()
+    for _, row in df.iterrows():
+        assert split.loc[row["source"], "split"] == "train"
+        assert split.loc[row["source"], "class"] == row["class"]
+
+
+@pytest.mark.parametrize("scheduler", ["ddpm", "pndm"])
+def test_other_schedulers(layout, tmp_path, scheduler):
+    params = tiny_params(tmp_path, generate={"scheduler": scheduler, "per_class": 1})
+    generate(params, layout, track=False)
+    df = read_table(layout.synthetic / "manifest.csv", SYNTHETIC_COLUMNS)
+    assert set(df["scheduler"]) == {scheduler} and len(df) == 3
+
+
+@pytest.mark.parametrize("strength", [0.0, -0.1, 1.5])
+def test_strength_outside_zero_one(strength):
+    with pytest.raises(
+        ConfigError, match=r"generate\.strength.*(greater than 0|less than or equal to 1)"
+    ):
+        parse_params({"generate": {"strength": strength}})
+
+
+def test_strength_too_small_for_the_steps(layout, tmp_path):
+    params = tiny_params(tmp_path, generate={"mode": "img2img", "strength": 0.1, "steps": 5})
+    with pytest.raises(ConfigError, match="leaves no denoising step"):
+        generate(params, layout, track=False)
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    layout = make_dataset(tmp_path)
+    with pytest.raises(DataError, match="not a fine-tuned model.*lymphaug finetune"):
+        generate(tiny_params(tmp_path), layout, track=False)
