@@ -148,15 +148,6 @@ def test_local_remote_round_trip(tiny_repo, tmp_path):
     assert "in sync" in cloud, cloud
 
 
-def test_missing_local_remote_fails(tiny_repo, tmp_path):
-    clone = tmp_path / "clone"
-    run(tiny_repo.parent, "git", "clone", "-q", str(tiny_repo), str(clone))
-    proc = run(clone, "dvc", "pull", check=False)  # nothing was pushed: storage is absent
-    assert proc.returncode != 0
-    assert "failed to pull data from the cloud" in proc.stderr
-    assert not (clone / "data" / "summary.txt").exists()
-
-
 # --- S3 over HTTP (moto's standalone server) ------------------------------------------------
 
 
@@ -261,3 +252,52 @@ def test_data_stages_round_trip(tmp_path, repo_root):
     repro = run(clone, "dvc", "repro", "dct").stdout
     assert "Running stage" not in repro, repro
     assert hashes(clone, *outs) == original
+
+
+# --- preflight check: lymphaug.remotes names the remote before a long push or pull -----------
+
+
+def test_check_names_an_absent_local_remote(tiny_repo, tmp_path):
+    from lymphaug.remotes import RemoteError, check
+
+    storage = tmp_path / "lymphaug-dvc-storage"
+    with pytest.raises(RemoteError, match=f"remote 'local' \\({storage}\\) does not exist"):
+        check(tiny_repo)
+    run(tiny_repo, "dvc", "push")
+    assert check(tiny_repo) == f"DVC remote 'local' ({storage}): ok"
+    with pytest.raises(RemoteError, match="no DVC remote named 'nosuch'"):
+        check(tiny_repo, "nosuch")
+
+
+def test_check_s3_remote(tiny_repo, s3_endpoint, monkeypatch):
+    pytest.importorskip("botocore")
+    from lymphaug.remotes import RemoteError, check, main
+
+    endpoint, _ = s3_endpoint
+    for key, value in FAKE_AWS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    assert "bucket 'lymphaug-dvc' reachable" in check(tiny_repo, "s3")
+    assert main(["--root", str(tiny_repo), "s3"]) == 0
+
+    run(tiny_repo, "dvc", "remote", "modify", "--local", "s3", "url", "s3://no-such-bucket/dvc")
+    with pytest.raises(RemoteError, match="bucket 'no-such-bucket' does not exist"):
+        check(tiny_repo, "s3")
+    (tiny_repo / ".dvc" / "config.local").unlink()
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
+    start = time.monotonic()
+    with pytest.raises(RemoteError, match=f"remote 's3' \\(s3://lymphaug-dvc/dvc\\) at {closed}"):
+        check(tiny_repo, "s3", timeout=2)
+    assert time.monotonic() - start < 5
+    assert main(["--root", str(tiny_repo), "s3", "--timeout", "2"]) == 2
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tiny_repo / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tiny_repo / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(RemoteError, match="no credentials"):
+        check(tiny_repo, "s3")
