@@ -179,7 +179,7 @@ def write_plots(runs, a: Analysis, folder: Path) -> None:
     val_curve_table(runs).to_csv(folder / "val_accuracy.csv", index=False, lineterminator="\n")
 
 
-def _thumb(path: Path, size: int = 160) -> np.ndarray:
+def _thumb(path: Path, size: int = 120) -> np.ndarray:
     """A small copy for the contact sheets (drawing full-size images is slow)."""
     from PIL import Image
 

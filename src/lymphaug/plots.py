@@ -23,10 +23,10 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, dpi: int = 100) -> None:
     plt = _plt()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
 
 
@@ -122,7 +122,7 @@ def pairs_sheet(
         for ax in row:
             ax.axis("off")
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, dpi=72)
 
 
 def real_vs_synthetic_sheet(
@@ -144,7 +144,7 @@ def real_vs_synthetic_sheet(
             if j == per_side:
                 ax.set_title(f"{cls}: synthetic", fontsize=8, loc="left")
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, dpi=72)
 
 
 def placeholder(path: Path, text: str) -> None:

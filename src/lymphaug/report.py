@@ -166,9 +166,8 @@ def _quality_section(q, skipped: str, layout: Layout) -> list[str]:
         f"Feature extractor: **{q.extractor_description}**. FID/KID values from different "
         "extractors are not comparable with each other or with published FIDs."
         + (
-            f" The features were divided by {q.feature_scale:.3g} so that the real training "
-            "features have unit mean per-dimension variance (a classifier's features have no "
-            "conventional scale)."
+            f" The features were divided by {q.feature_scale:.3g}, the root-mean-square of the "
+            "real training features (a classifier's features have no conventional scale)."
             if q.feature_scale != 1.0
             else ""
         ),

@@ -94,10 +94,11 @@ def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -
     scale = 1.0
     if extractor.name == "classifier" and len(f_tr) >= 2:
         # A trained-from-scratch or random-init body has no conventional feature scale
-        # (its features can be ~1e-6): one scalar brings the real training features to
-        # unit mean per-dimension variance, so FID is in those units and KID's kernel
-        # (x.y/d + 1)^3 sees O(1) inputs. Geometry (and cosine distances) are unchanged.
-        scale = float(np.sqrt(f_tr.var(0).mean())) or 1.0
+        # (its features can be ~1e-6 or ~1e3): one scalar, the root-mean-square of the real
+        # training features, brings them to x.x/d = 1 on average, so KID's kernel
+        # (x.y/d + 1)^3 sees O(1) inputs and FID is in those units. Geometry (and the
+        # cosine distances) are unchanged.
+        scale = float(np.sqrt(np.mean(f_tr**2))) or 1.0
         f_syn, f_tr, f_val, f_te = (f / scale for f in (f_syn, f_tr, f_val, f_te))
     index = {c: i for i, c in enumerate(classes)}
     y_syn = synth["class"].map(index).to_numpy()
