@@ -242,3 +242,16 @@ def test_reader_accepts_class_names_and_percent_history(tmp_path):
     assert list(r.labels) == [0, 2] and list(r.predicted) == [0, 1]
     assert r.accuracy == 0.5 and list(r.val_accuracy) == [0.4, 0.55] and r.best_epoch == 2
     assert r.macro_f1(3) == pytest.approx((1 + 0 + 0) / 3)
+
+
+def test_named_imagenet_extractor_without_cached_weights_is_refused(repo, tmp_path, monkeypatch):
+    """The stage never downloads: naming an uncached extractor says where it looked."""
+    from lymphaug import features
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(DataError, match="alexnet: its ImageNet weights are not in the torchvision"):
+        features.choose("alexnet", repo, "mobilenet_v3_small", 32, 3, 0)
+    ex = features.choose("auto", repo, "mobilenet_v3_small", 32, 3, 0)
+    assert ex.name == "classifier" and "no ImageNet Inception or AlexNet" in ex.description
+    with pytest.raises(DataError, match="no base classifier weights in .*seed_7"):
+        features.choose("classifier", repo, "mobilenet_v3_small", 32, 3, 7)
