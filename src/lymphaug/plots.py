@@ -50,6 +50,7 @@ def val_accuracy_plot(runs: dict[str, list[RunResult]], path: Path) -> None:
             ax.plot(epochs, row, color=c, alpha=0.25, linewidth=0.8)
         ax.fill_between(epochs, acc.min(0), acc.max(0), color=c, alpha=0.15, linewidth=0)
         ax.plot(epochs, acc.mean(0), color=c, linewidth=2, marker="o", label=f"{cond} (mean)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title("Validation accuracy per epoch (band: min-max over seeds)")
