@@ -197,9 +197,12 @@ def augment_dataset(
         ThreadPoolExecutor(WORKERS) as pool,
         tqdm(total=len(paths), desc="dct", unit="img", disable=None) as bar,
     ):
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            arrays = list(pool.map(read_rgb, [raw_root / p for p in chunk]))
+        chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        decoding = [pool.submit(read_rgb, raw_root / p) for p in chunks[0]] if chunks else []
+        for k, chunk in enumerate(chunks):
+            arrays = [f.result() for f in decoding]
+            if k + 1 < len(chunks):  # prefetch: decode k+1 while k is transformed
+                decoding = [pool.submit(read_rgb, raw_root / p) for p in chunks[k + 1]]
             by_shape: dict[tuple[int, ...], list[int]] = {}
             for i, a in enumerate(arrays):
                 by_shape.setdefault(a.shape, []).append(i)
@@ -216,7 +219,7 @@ def augment_dataset(
                                 {"path": rel, "class": classes[raw_path], "method": method,
                                  "copy": copy, "source": raw_path}
                             )  # fmt: skip
-            for f in pending:  # bound memory: at most one batch being encoded
+            for f in pending:  # bound memory: encoding k-1 overlapped with transforming k
                 f.result()
             pending = [pool.submit(write, rel, arr) for rel, arr in outputs]
             bar.update(len(chunk))
