@@ -1,0 +1,256 @@
+"""Diffusion throughput: fine-tune seconds/step and generation images/s (not a test).
+
+CPU (default): the quick profile's tiny model through the project's code (``train_unet``
+under accelerate, the generate stage's sampling) beside a plain reference in the same
+process: a bare diffusers UNet forward/backward/AdamW loop and a bare sampling loop.
+
+GPU (``--gpu``): a full-size Stable Diffusion v1.5 UNet built from its config (random
+weights, nothing downloaded) at 512 px (64x64 latents), batch 1: steps/s and peak memory
+for ``full`` (bf16 or fp16 autocast, gradient checkpointing, 8-bit Adam when bitsandbytes
+is installed) and ``lora`` (rank 4 on to_q/to_k/to_v/to_out.0, frozen fp16 base, fp32
+adapters, gradient checkpointing). The frozen VAE and text encoder are not included.
+
+    python benchmarks/bench_diffusion.py [--steps 20] [--threads 1]
+    python benchmarks/bench_diffusion.py --gpu [--steps 20] [--dtype bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SD15_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn, steps: int, warmup: int = 2) -> float:
+    """Seconds per call (median of ``steps`` after ``warmup``)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+# --- CPU: the quick profile's tiny model -------------------------------------------------
+
+
+def cpu(steps: int) -> None:
+    from lymphaug.config import load_params
+    from lymphaug.diffusion import training
+    from lymphaug.diffusion.sampling import make_scheduler
+    from lymphaug.diffusion.tiny import build_tiny_pipeline
+
+    root = Path(__file__).resolve().parents[1]
+    params = load_params(root / "params.yaml")
+    cfg = params.finetune
+    gen = params.generate
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); quick profile: "
+          f"resolution {cfg.resolution}, batch {cfg.batch_size}, {cfg.max_steps} steps; "
+          f"generate {gen.per_class}/class, {gen.steps} {gen.scheduler} steps, "
+          f"batch {gen.batch_size}")  # fmt: skip
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (312, 417, 3), dtype=np.uint8) for _ in range(24)]
+    data = training.TrainData(images, [i % 3 for i in range(24)], ["a", "b", "c"])
+
+    # project: train_unet under accelerate (sampler, VAE encode, noise, loss, clip, AdamW)
+    bench_cfg = cfg.model_copy(update={"max_steps": steps + 2, "checkpoint_every": 10**6,
+                                       "validation_every": 10**6})  # fmt: skip
+    pipe = build_tiny_pipeline(cfg.seed)
+    marks = []
+    with tempfile.TemporaryDirectory() as tmp:
+        acc = training.make_accelerator(bench_cfg)
+        tick = lambda *a: marks.append(time.perf_counter())  # noqa: E731
+        training.train_unet(pipe, bench_cfg, data, Path(tmp), acc, resume=False, on_step=tick)
+    project_step = float(np.median(np.diff(marks[1:])))
+
+    # reference: a bare diffusers loop (no accelerate, no sampler): same shapes and work
+    from diffusers import DDPMScheduler
+
+    ref = build_tiny_pipeline(cfg.seed)
+    unet, vae = ref.unet, ref.vae
+    vae.requires_grad_(False)
+    sched = DDPMScheduler.from_config(ref.scheduler.config)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
+    emb = training.prompt_embeddings(ref, ["a", "b", "c"], "cpu", torch.float32)
+    b, r = cfg.batch_size, cfg.resolution
+
+    def ref_step():
+        x = torch.rand(b, 3, r, r) * 2 - 1
+        with torch.no_grad():
+            lat = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(lat)
+        t = torch.randint(0, 1000, (b,))
+        pred = unet(sched.add_noise(lat, noise, t), t, emb[torch.randint(0, 3, (b,))]).sample
+        torch.nn.functional.mse_loss(pred, noise).backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    ref_s = timed(ref_step, steps)
+    print(f"\nfine-tune step (tiny, batch {b}, {r} px)")
+    print(f"  project train_unet      {project_step:8.3f} s/step")
+    print(
+        f"  reference bare loop     {ref_s:8.3f} s/step   "
+        f"(project/reference {project_step / ref_s:.2f})"
+    )
+    print(
+        f"  -> quick profile fine-tune ~{project_step * cfg.max_steps:.0f} s "
+        f"for {cfg.max_steps} steps"
+    )
+
+    # generation: the stage's pipeline call vs a bare sampling loop
+    pipe.unet.eval()
+    pipe.scheduler = make_scheduler(gen.scheduler, pipe.scheduler.config)
+    n = gen.batch_size
+
+    def project_gen():
+        gens = [torch.Generator().manual_seed(i) for i in range(n)]
+        with torch.inference_mode():
+            pipe(["a"] * n, num_inference_steps=gen.steps, guidance_scale=gen.guidance_scale,
+                 generator=gens, output_type="np", height=r, width=r)  # fmt: skip
+
+    sampler = make_scheduler(gen.scheduler, ref.scheduler.config)
+    cond = torch.cat([emb[-1:].expand(n, -1, -1), emb[:1].expand(n, -1, -1)])
+
+    def ref_gen():
+        with torch.inference_mode():
+            sampler.set_timesteps(gen.steps)
+            lat = torch.randn(n, 4, r // 2, r // 2) * sampler.init_noise_sigma
+            for t in sampler.timesteps:
+                inp = sampler.scale_model_input(torch.cat([lat, lat]), t)
+                u, c = unet(inp, t, cond).sample.chunk(2)
+                lat = sampler.step(u + gen.guidance_scale * (c - u), t, lat).prev_sample
+            vae.decode(lat / vae.config.scaling_factor)
+
+    unet.eval()
+    pg, rg = timed(project_gen, max(3, steps // 4), 1), timed(ref_gen, max(3, steps // 4), 1)
+    total = len(params.classes) * gen.per_class
+    print(f"\ngeneration (tiny, {gen.steps} steps, batch {n}, guidance {gen.guidance_scale})")
+    print(f"  project pipeline        {n / pg:8.1f} images/s")
+    print(
+        f"  reference bare loop     {n / rg:8.1f} images/s   "
+        f"(project/reference {rg / pg:.2f} speed)"
+    )
+    print(f"  -> quick profile generation ~{total * pg / n:.1f} s for {total} images")
+    print(f"\npeak RSS {peak_rss_mb():.0f} MB")
+
+
+# --- GPU: full-size SD v1.5 UNet from its config -----------------------------------------
+
+
+def gpu(steps: int, dtype_name: str) -> None:
+    from diffusers import UNet2DConditionModel
+    from diffusers.training_utils import cast_training_params
+
+    if not torch.cuda.is_available():
+        sys.exit("--gpu: no CUDA device")
+    dev = torch.device("cuda")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, SD v1.5 UNet (random "
+          f"weights), 512 px (64x64 latents), batch 1, {dtype_name} autocast")  # fmt: skip
+    try:
+        import bitsandbytes as bnb
+
+        adam8 = bnb.optim.AdamW8bit
+    except ImportError:
+        adam8 = None
+
+    def run(label: str, method: str, checkpointing: bool, eight_bit: bool) -> None:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**SD15_UNET)
+        if method == "lora":
+            from peft import LoraConfig
+
+            unet.requires_grad_(False)
+            unet.to(dev, dtype=dtype)
+            targets = ["to_q", "to_k", "to_v", "to_out.0"]
+            lora = LoraConfig(
+                r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets
+            )
+            unet.add_adapter(lora)
+            cast_training_params(unet, dtype=torch.float32)
+        else:
+            unet.to(dev)
+        if checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        params = [p for p in unet.parameters() if p.requires_grad]
+        opt_cls = adam8 if (eight_bit and adam8) else torch.optim.AdamW
+        opt = opt_cls(params, lr=1e-5)
+        scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+        lat = torch.randn(1, 4, 64, 64, device=dev)
+        emb = torch.randn(1, 77, 768, device=dev)
+
+        def step():
+            t = torch.randint(0, 1000, (1,), device=dev)
+            noise = torch.randn_like(lat)
+            with torch.autocast("cuda", dtype=dtype):
+                pred = unet(lat + noise, t, emb.to(dtype)).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+
+        s = timed(step, steps)
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        n = sum(p.numel() for p in params)
+        print(f"  {label:<44} {1 / s:6.2f} steps/s  peak {peak:6.2f} GiB  "
+              f"trainable {n / 1e6:7.1f} M  ({opt_cls.__module__.split('.')[0]})")  # fmt: skip
+
+    run("full, grad ckpt, 8-bit Adam" + ("" if adam8 else " (n/a: AdamW)"), "full", True, True)
+    run("full, grad ckpt, AdamW", "full", True, False)
+    run("full, no ckpt, AdamW (reference)", "full", False, False)
+    run("lora r4, grad ckpt", "lora", True, False)
+    run("lora r4, no ckpt (reference)", "lora", False, False)
+    print("targets: lora < 10 GiB, full < 24 GiB with checkpointing + 8-bit Adam")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gpu", action="store_true", help="full-size SD v1.5 UNet on CUDA")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (the stage uses 1 for tiny)"
+    )
+    args = ap.parse_args()
+    if args.gpu:
+        gpu(args.steps, args.dtype)
+    else:
+        torch.set_num_threads(args.threads)
+        cpu(args.steps)
+
+
+if __name__ == "__main__":
+    main()
