@@ -163,11 +163,11 @@ class GenerateConfig(Section):
 class TrainConfig(Section):
     arch: str = "alexnet"
     weights: str = Field("none", description="imagenet | none | path to a state dict")
-    freeze_backbone: bool = True
-    input_size: int = Field(227, ge=32)
-    batch_size: int = Field(30, ge=1)
+    freeze_backbone: bool = False
+    input_size: int = Field(96, ge=32)
+    batch_size: int = Field(16, ge=1)
     epochs: int = Field(5, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     seeds: list[int] = [0, 1]
     dct_methods: list[DctMethod] = ["method1", "method2"]

@@ -1,0 +1,153 @@
+"""MLflow logging of the train stage against real stores: SQLite in tmp_path, a real server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from test_train_helpers import make_dataset, tiny_params
+
+from lymphaug import tracking
+from lymphaug.cli import main
+from lymphaug.config import MlflowConfig
+from lymphaug.paths import Layout
+
+EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc"}
+
+
+def _write_params(root, uri: str | None = None, **train):
+    params = tiny_params(root, epochs=2, freeze_backbone=True, **train)
+    data = params.model_dump()
+    if uri:
+        data["mlflow"]["tracking_uri"] = uri
+    (root / "params.yaml").write_text(yaml.safe_dump(data))
+    return params
+
+
+def _train(root, condition: str, seed: int) -> int:
+    argv = ["--params", str(root / "params.yaml"), "--root", str(root), "train"]
+    return main([*argv, "--condition", condition, "--seed", str(seed)])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_env_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("LYMPHAUG_PIPELINE_ID", "test-pipeline")
+
+
+def _children(client, exp_id):
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'child'")
+    return {r.info.run_name: r for r in runs}
+
+
+def test_sqlite_store_parent_children_curves_artifacts(tmp_path):
+    make_dataset(tmp_path, synthetic=False)
+    _write_params(tmp_path)
+    assert _train(tmp_path, "base", 0) == 0
+    assert _train(tmp_path, "dct", 0) == 0
+    assert _train(tmp_path, "base", 0) == 0  # a rerun replaces its child, never duplicates
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("t")
+    parents = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'parent'"
+    )
+    assert len(parents) == 1
+    children = _children(client, exp.experiment_id)
+    assert sorted(children) == ["train base seed=0", "train dct seed=0"]
+    for name, run in children.items():
+        assert run.data.tags[tracking.PARENT_TAG] == parents[0].info.run_id
+        assert run.info.status == "FINISHED"
+        assert set(run.data.metrics) >= EPOCH_KEYS and "test_accuracy" in run.data.metrics
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert [m.step for m in history] == [1, 2]
+        assert run.data.params["condition"] == name.split()[1]
+        assert (
+            run.data.params["train.arch"] == "resnet18" and "dct.method2_sigma" in run.data.params
+        )
+        assert "data.split.sha256" in run.data.tags and run.data.tags["seed"] == "0"
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"confusion_matrix.png", "training_curves.png", "predictions.csv"} <= arts
+        contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
+        assert {"training", "validation", "test"} <= contexts
+    assert "data.dct.sha256" in children["train dct seed=0"].data.tags
+    assert (tmp_path / "mlartifacts").is_dir()  # artifacts beside the store, not in the cwd
+    models = client.search_logged_models([exp.experiment_id])
+    assert len(models) >= 2
+    out = Layout(tmp_path)
+    assert (out.train_report("dct", 0) / "metrics.json").is_file()
+    assert (out.classifier("base", 0) / "model.pt").is_file()
+
+
+def test_unreachable_server_fails_before_training(tmp_path, capsys):
+    make_dataset(tmp_path, dct=False, synthetic=False)
+    uri = f"http://127.0.0.1:{_free_port()}"
+    _write_params(tmp_path, uri)
+    t0 = time.monotonic()
+    assert _train(tmp_path, "base", 0) == 2
+    assert time.monotonic() - t0 < 15
+    err = capsys.readouterr().err
+    assert uri in err and "unreachable" in err and "Traceback" not in err
+    assert not (tmp_path / "work").exists() and not (tmp_path / "models").exists()
+
+
+def test_env_uri_wins(tmp_path, monkeypatch):
+    cfg = MlflowConfig(tracking_uri="sqlite:///params.db")
+    assert tracking.tracking_uri(cfg, tmp_path) == "sqlite:///params.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert tracking.tracking_uri(cfg, tmp_path) == "http://127.0.0.1:1"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking.tracking_uri(MlflowConfig(), tmp_path).endswith(f"{tmp_path}/mlflow.db")
+
+
+@pytest.mark.slow
+def test_real_mlflow_server_over_http(tmp_path):
+    port = _free_port()
+    store = tmp_path / "store"
+    store.mkdir()
+    cmd = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+        "--artifacts-destination", str(store / "artifacts"), "--workers", "1",
+    ]  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "MLFLOW_SERVER_ALLOWED_HOSTS": "*"})  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    pytest.fail("mlflow server did not start")
+                time.sleep(0.5)
+        make_dataset(tmp_path, dct=False, synthetic=False)
+        _write_params(tmp_path, uri)
+        assert _train(tmp_path, "base", 1) == 0
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("t")
+        run = _children(client, exp.experiment_id)["train base seed=1"]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"confusion_matrix.png", "metrics.json", "history.csv"} <= arts
+        local = client.download_artifacts(run.info.run_id, "history.csv", str(tmp_path))
+        with open(local) as f:
+            assert f.readline().startswith("epoch,train_loss")
+        assert any((store / "artifacts").rglob("confusion_matrix.png"))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
