@@ -9,7 +9,7 @@ from diffusion_fixtures import make_dataset, tiny_params
 
 from lymphaug.cli import main
 from lymphaug.config import parse_params
-from lymphaug.diffusion import loading, training
+from lymphaug.diffusion import checkpoints, loading, training
 from lymphaug.errors import ConfigError, DataError, LymphaugError
 from lymphaug.finetune import finetune, training_rows
 from lymphaug.manifest import SPLIT_COLUMNS, read_table
@@ -110,7 +110,7 @@ def test_resume_from_a_checkpoint_of_the_other_method(layout, tmp_path):
     finetune(lora, layout, track=False)
     (ckpt,) = (layout.work / "finetune").glob("*/checkpoints/checkpoint-000001")
     full = tiny_params(tmp_path, {"method": "full", "max_steps": 2})
-    with pytest.raises(training.CheckpointError, match="method 'lora' cannot resume.*'full'"):
+    with pytest.raises(checkpoints.CheckpointError, match="method 'lora' cannot resume.*'full'"):
         finetune(full, layout, track=False, resume_from=ckpt)
 
 

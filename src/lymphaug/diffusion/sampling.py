@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SCHEDULERS = ("dpmsolver++", "ddpm", "pndm", "euler")
+VALIDATION_STEPS = 20
 
 
 def make_scheduler(name: str, config):
@@ -84,3 +85,30 @@ def contact_sheet(
         for c, a in enumerate(synthetic[cls][:n_syn]):
             sheet.paste(thumbed(a), (x0 + c * (thumb + pad), y))
     return sheet
+
+
+def validation_grid(pipe, prompts: list[str], seed: int, per_class: int = 2) -> Image.Image:
+    """``per_class`` samples per prompt (rows: classes), fixed seeds, DPM-Solver++."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from lymphaug.diffusion.training import step_generator
+
+    original = pipe.scheduler
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config)
+    rows = []
+    try:
+        for c, prompt in enumerate(prompts):
+            gens = [step_generator(seed, 10**6, c, i) for i in range(per_class)]
+            out = pipe(
+                [prompt] * per_class,
+                num_inference_steps=VALIDATION_STEPS,
+                guidance_scale=4.0,
+                generator=gens,
+                output_type="np",
+                height=pipe.unet.config.sample_size * pipe.vae_scale_factor,
+                width=pipe.unet.config.sample_size * pipe.vae_scale_factor,
+            ).images
+            rows.append([np.clip(np.rint(x * 255), 0, 255).astype(np.uint8) for x in out])
+    finally:
+        pipe.scheduler = original
+    return grid(rows)

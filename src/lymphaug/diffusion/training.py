@@ -13,11 +13,9 @@ under fp16/bf16 autocast) with two project-specific choices:
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,20 +25,19 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lymphaug.config import FinetuneConfig
+from lymphaug.diffusion.checkpoints import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from lymphaug.errors import LymphaugError
-from lymphaug.fsutil import atomic_path, remove
 
 MAX_GRAD_NORM = 1.0
-VALIDATION_STEPS = 20
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 class TrainingDiverged(LymphaugError):
     """The loss became NaN or infinite."""
-
-
-class CheckpointError(LymphaugError):
-    """A checkpoint cannot be resumed with the current settings."""
 
 
 @dataclass
@@ -145,34 +142,6 @@ def _trainable(unet) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in unet.named_parameters() if p.requires_grad}
 
 
-def _checkpoints(folder: Path) -> list[Path]:
-    found = [p for p in folder.glob("checkpoint-*") if (p / "meta.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def latest_checkpoint(work_dir: Path) -> Path | None:
-    found = _checkpoints(work_dir / "checkpoints")
-    return found[-1] if found else None
-
-
-def _check_meta(path: Path, cfg: FinetuneConfig) -> dict:
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: not a readable fine-tune checkpoint ({err})") from None
-    if meta.get("method") != cfg.method:
-        raise CheckpointError(
-            f"{path}: checkpoint of method {meta.get('method')!r} cannot resume "
-            f"finetune.method={cfg.method!r}; use the same method, or rerun with --no-resume"
-        )
-    if cfg.method == "lora" and meta.get("lora_rank") != cfg.lora_rank:
-        raise CheckpointError(
-            f"{path}: checkpoint has LoRA rank {meta.get('lora_rank')}, "
-            f"finetune.lora_rank is {cfg.lora_rank}"
-        )
-    return meta
-
-
 def _make_optimizer(params, cfg: FinetuneConfig):
     if cfg.use_8bit_adam:
         try:
@@ -197,33 +166,6 @@ def prompt_embeddings(pipe, prompts: list[str], device, dtype) -> torch.Tensor:
     )
     with torch.no_grad():
         return pipe.text_encoder(tok.input_ids.to(device))[0].to(dtype)
-
-
-def validation_grid(pipe, prompts: list[str], seed: int, per_class: int = 2) -> Image.Image:
-    """``per_class`` samples per prompt (rows: classes), fixed seeds, DPM-Solver++."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    from lymphaug.diffusion.sampling import grid
-
-    original = pipe.scheduler
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config)
-    rows = []
-    try:
-        for c, prompt in enumerate(prompts):
-            gens = [step_generator(seed, 10**6, c, i) for i in range(per_class)]
-            out = pipe(
-                [prompt] * per_class,
-                num_inference_steps=VALIDATION_STEPS,
-                guidance_scale=4.0,
-                generator=gens,
-                output_type="np",
-                height=pipe.unet.config.sample_size * pipe.vae_scale_factor,
-                width=pipe.unet.config.sample_size * pipe.vae_scale_factor,
-            ).images
-            rows.append([np.clip(np.rint(x * 255), 0, 255).astype(np.uint8) for x in out])
-    finally:
-        pipe.scheduler = original
-    return grid(rows)
 
 
 def train_unet(
@@ -291,31 +233,15 @@ def train_unet(
     model, optimizer = accelerator.prepare(unet, optimizer)
     embeds = prompt_embeddings(pipe, data.prompts, device, weight_dtype)
     sampler = Sampler([resize_shorter(img, cfg.resolution) for img in data.images], cfg)
-    _check_sizes(sampler.images, cfg.resolution)
     labels = torch.tensor(data.labels)
 
     result = TrainResult(mixed_precision=mp)
     start = 0
     ckpt = resume_from or (latest_checkpoint(work_dir) if resume else None)
     if ckpt is not None:
-        meta = _check_meta(ckpt, cfg)
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-        missing = set(trainable) ^ set(state["trainable"])
-        if missing:
-            raise CheckpointError(
-                f"{ckpt}: weights do not match this model ({sorted(missing)[:3]})"
-            )
-        with torch.no_grad():
-            for name, p in trainable.items():
-                p.copy_(state["trainable"][name].to(p.dtype))
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if accelerator.scaler is not None and state.get("scaler"):
-            accelerator.scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        start = meta["step"]
-        result.losses, result.lrs = list(state["losses"]), list(state["lrs"])
+        start, result.losses, result.lrs = load_checkpoint(
+            ckpt, cfg, trainable, optimizer, lr_scheduler, accelerator.scaler, ema
+        )
         result.resumed_from = start
 
     accum, nproc = cfg.gradient_accumulation_steps, accelerator.num_processes
@@ -350,7 +276,7 @@ def train_unet(
             else:
                 target = noise
             sync = micro == accum - 1
-            ctx = accelerator.no_sync(model) if not sync else _null()
+            ctx = accelerator.no_sync(model) if not sync else nullcontext()
             with ctx:
                 pred = model(noisy, t, encoder_hidden_states=embeds[cond]).sample
                 loss = _loss(pred, target, t, cfg, noise_scheduler, compute_snr)
@@ -381,7 +307,7 @@ def train_unet(
             if on_step:
                 on_step(done, step_loss, lr)
             if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
-                _save_checkpoint(work_dir, done, cfg, trainable, optimizer, lr_scheduler,
+                save_checkpoint(work_dir, done, cfg, trainable, optimizer, lr_scheduler,
                                  accelerator, ema, result)  # fmt: skip
             if on_validation and done % cfg.validation_every == 0:
                 on_validation(done, _validate(pipe, accelerator, model, ema, params, data, cfg))
@@ -391,19 +317,6 @@ def train_unet(
     if ema is not None:
         ema.copy_to(params)
     return result
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _check_sizes(images: list[torch.Tensor], resolution: int) -> None:
-    if not images:
-        raise LymphaugError("finetune: no training images")
 
 
 def _loss(pred, target, t, cfg, noise_scheduler, compute_snr):
@@ -436,43 +349,11 @@ def _validate(pipe, accelerator, model, ema, params, data, cfg) -> Image.Image:
                 accelerator.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
             ),
         ):
+            from lymphaug.diffusion.sampling import validation_grid
+
             return validation_grid(pipe, data.prompts, cfg.seed)
     finally:
         pipe.unet = original
         if ema is not None:
             ema.restore(params)
         unet.train()
-
-
-def _save_checkpoint(work_dir, step, cfg, trainable, optimizer, lr_scheduler, accelerator, ema,
-                     result) -> Path:  # fmt: skip
-    """Write checkpoint-<step> atomically, then drop the oldest beyond the retention limit."""
-    folder = work_dir / "checkpoints"
-    target = folder / f"checkpoint-{step:06d}"
-    with atomic_path(target) as tmp:
-        tmp.mkdir(parents=True)
-        state = {
-            "trainable": {n: p.detach().cpu().clone() for n, p in trainable.items()},
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-            "ema": ema.state_dict() if ema is not None else None,
-            "losses": list(result.losses),
-            "lrs": list(result.lrs),
-        }
-        torch.save(state, tmp / "state.pt")
-        meta = {"method": cfg.method, "step": step, "lora_rank": cfg.lora_rank,
-                "base_model": cfg.base_model}  # fmt: skip
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    for old in _checkpoints(folder)[: -cfg.checkpoints_total_limit]:
-        remove(old)
-    return target
-
-
-def loss_is_decreasing(losses: list[float], window: int = 10) -> bool:
-    """First-window mean > last-window mean (used by tests and the stage's summary)."""
-    if len(losses) < 2 * window:
-        return False
-    return float(np.mean(losses[-window:])) < float(np.mean(losses[:window])) and all(
-        math.isfinite(x) for x in losses
-    )

@@ -1,0 +1,95 @@
+"""Fine-tune checkpoints: trainable weights + optimizer/scheduler/scaler/EMA state, atomic.
+
+``work/finetune/<hash>/checkpoints/checkpoint-<step>/`` holds ``state.pt`` and ``meta.json``
+(method, step, LoRA rank). Only the trainable weights are stored (LoRA: the adapters), so a
+Stable Diffusion LoRA checkpoint is megabytes, not gigabytes. Every random draw of a step is
+a function of the step (see :mod:`.training`), so no RNG state is needed to resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lymphaug.config import FinetuneConfig
+from lymphaug.errors import LymphaugError
+from lymphaug.fsutil import atomic_path, remove
+
+
+class CheckpointError(LymphaugError):
+    """A checkpoint cannot be resumed with the current settings."""
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    found = [p for p in folder.glob("checkpoint-*") if (p / "meta.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(work_dir: Path) -> Path | None:
+    found = _checkpoints(work_dir / "checkpoints")
+    return found[-1] if found else None
+
+
+def check_meta(path: Path, cfg: FinetuneConfig) -> dict:
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not a readable fine-tune checkpoint ({err})") from None
+    if meta.get("method") != cfg.method:
+        raise CheckpointError(
+            f"{path}: checkpoint of method {meta.get('method')!r} cannot resume "
+            f"finetune.method={cfg.method!r}; use the same method, or rerun with --no-resume"
+        )
+    if cfg.method == "lora" and meta.get("lora_rank") != cfg.lora_rank:
+        raise CheckpointError(
+            f"{path}: checkpoint has LoRA rank {meta.get('lora_rank')}, "
+            f"finetune.lora_rank is {cfg.lora_rank}"
+        )
+    return meta
+
+
+def load_checkpoint(path: Path, cfg: FinetuneConfig, trainable, optimizer, lr_scheduler, scaler,
+                    ema) -> tuple[int, list[float], list[float]]:  # fmt: skip
+    """Restore a checkpoint in place; returns (step, losses so far, learning rates so far)."""
+    meta = check_meta(path, cfg)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    mismatch = set(trainable) ^ set(state["trainable"])
+    if mismatch:
+        raise CheckpointError(f"{path}: weights do not match this model ({sorted(mismatch)[:3]})")
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(state["trainable"][name].to(p.dtype))
+    optimizer.load_state_dict(state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if ema is not None and state.get("ema"):
+        ema.load_state_dict(state["ema"])
+    return int(meta["step"]), list(state["losses"]), list(state["lrs"])
+
+
+def save_checkpoint(work_dir, step, cfg, trainable, optimizer, lr_scheduler, accelerator, ema,
+                    result) -> Path:  # fmt: skip
+    """Write checkpoint-<step> atomically, then drop the oldest beyond the retention limit."""
+    folder = work_dir / "checkpoints"
+    target = folder / f"checkpoint-{step:06d}"
+    with atomic_path(target) as tmp:
+        tmp.mkdir(parents=True)
+        state = {
+            "trainable": {n: p.detach().cpu().clone() for n, p in trainable.items()},
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "ema": ema.state_dict() if ema is not None else None,
+            "losses": list(result.losses),
+            "lrs": list(result.lrs),
+        }
+        torch.save(state, tmp / "state.pt")
+        meta = {"method": cfg.method, "step": step, "lora_rank": cfg.lora_rank,
+                "base_model": cfg.base_model}  # fmt: skip
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    for old in _checkpoints(folder)[: -cfg.checkpoints_total_limit]:
+        remove(old)
+    return target
