@@ -59,6 +59,15 @@ def test_generates_sized_images_manifest_and_sheet(layout, tmp_path):
     assert (layout.reports / "synthetic_contact_sheet.png").stat().st_size > 0
     assert not list((layout.work / "generate").iterdir())  # progress moved out
 
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("lymphaug")
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'generate'")
+    assert run.data.tags["mlflow.parentRunId"] and run.data.metrics["generated"] == 6
+    logged = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"synthetic_contact_sheet.png", "manifest.csv"} <= logged
+
 
 def test_same_params_same_bytes_whatever_the_batch_size(layout, tmp_path):
     generate(tiny_params(tmp_path, generate={"batch_size": 4}), layout, track=False)

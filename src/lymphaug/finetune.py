@@ -148,6 +148,10 @@ def _save(pipe, layout: Layout, info, result, main: bool):
 
     if not main:
         return info
+    if info.method == "full":  # frozen parts may sit in fp16/bf16 after training on a GPU
+        import torch
+
+        pipe.to(torch.float32)
     with atomic_path(layout.diffusion_model) as tmp:
         saved = loading.save_finetuned(pipe, tmp, info)
     write_curve(layout.reports / "finetune_loss.csv", result.losses, result.lrs)

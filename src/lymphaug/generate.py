@@ -216,13 +216,25 @@ def generate(
     on_image: Callable[[Job], None] | None = None,
     device: str | None = None,
 ) -> dict:
-    """The whole stage; returns a summary (images made, skipped, seconds, work folder)."""
+    """The whole stage; returns a summary (images made, skipped, seconds, work folder).
+
+    The MLflow run is opened first, so an unreachable tracking server fails before any
+    image is generated rather than after.
+    """
+    if not track:
+        return _generate(params, layout, resume, on_image, device, None)
+    from lymphaug.diffusion.track import child_run
+
+    with child_run(params, layout.root, "generate") as run_id:
+        return _generate(params, layout, resume, on_image, device, run_id)
+
+
+def _generate(params, layout, resume, on_image, device, run_id) -> dict:
     import torch
 
     from lymphaug.diffusion.loading import load_finetuned
 
     cfg = params.generate
-    start = time.perf_counter()
     pipe, info = load_finetuned(layout.diffusion_model, layout.root)
     size = dataset_size(read_table(layout.raw_manifest, RAW_COLUMNS))
     split = read_table(layout.split_csv, SPLIT_COLUMNS)
@@ -235,6 +247,7 @@ def generate(
         remove(work)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe.to(device, torch.float16 if device == "cuda" else torch.float32)
+    start = time.perf_counter()
     made = generate_images(pipe, jobs, cfg, work / "images", size, info.resolution, layout.raw,
                            on_image=on_image)  # fmt: skip
     seconds = time.perf_counter() - start
@@ -245,17 +258,16 @@ def generate(
         sheet.save(tmp, format="PNG")
     summary = {"images": len(jobs), "generated": made, "skipped": len(jobs) - made,
                "seconds": round(seconds, 2), "work": str(work)}  # fmt: skip
-    if track:
+    if run_id is not None:
         import mlflow
 
-        from lymphaug.diffusion.track import child_run, flat_params
+        from lymphaug.diffusion.track import flat_params
 
-        with child_run(params, layout.root, "generate"):
-            mlflow.log_params({**flat_params("generate", cfg), "model": info.fingerprint})
-            mlflow.log_metrics({"images": len(jobs), "seconds": seconds,
-                                "images_per_s": made / seconds if made else 0.0})  # fmt: skip
-            mlflow.log_artifact(str(layout.reports / SHEET))
-            mlflow.log_artifact(str(layout.synthetic / "manifest.csv"))
+        mlflow.log_params({**flat_params("generate", cfg), "model": info.fingerprint})
+        mlflow.log_metrics({"images": len(jobs), "generated": made, "seconds": seconds,
+                            "images_per_s": made / seconds if made else 0.0})  # fmt: skip
+        mlflow.log_artifact(str(layout.reports / SHEET))
+        mlflow.log_artifact(str(layout.synthetic / "manifest.csv"))
     return summary
 
 
