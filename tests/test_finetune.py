@@ -16,6 +16,12 @@ from lymphaug.manifest import SPLIT_COLUMNS, read_table
 
 
 @pytest.fixture(autouse=True)
+def own_mlflow_store(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: keep each test on its own store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture(autouse=True)
 def one_thread():
     with training.cpu_threads("tiny"):
         yield

@@ -18,6 +18,12 @@ from lymphaug.paths import Layout
 
 
 @pytest.fixture(autouse=True)
+def own_mlflow_store(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI: keep each test on its own store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture(autouse=True)
 def one_thread():
     with cpu_threads("tiny"):
         yield
