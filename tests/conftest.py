@@ -29,3 +29,14 @@ def real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real data set not found at {REAL_DATA}")
     return REAL_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_env(monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep it from leaking across tests.
+
+    monkeypatch records the variables' state before the test and restores it after,
+    whatever a test (or MLflow inside it) wrote to os.environ meanwhile.
+    """
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
