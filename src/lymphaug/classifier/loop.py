@@ -183,6 +183,8 @@ def fit(
         torch.set_rng_state(ckpt["torch_rng"])
         history = list(ckpt["history"])
         best_epoch, best_acc, best_state = ckpt["best_epoch"], ckpt["best_acc"], ckpt["best_state"]
+        if best_state is None:
+            best_state = copy.deepcopy(ckpt["model"])
         start = ckpt["epoch"] + 1
         for row in history:
             if on_epoch:
@@ -211,7 +213,8 @@ def fit(
                     "history": history,
                     "best_epoch": best_epoch,
                     "best_acc": best_acc,
-                    "best_state": best_state,
+                    # the current weights when this epoch is the best: not written twice
+                    "best_state": None if best_epoch == epoch else best_state,
                 },
             )
         if on_epoch:
