@@ -173,6 +173,7 @@ class TrainConfig(Section):
     dct_methods: list[DctMethod] = ["method1", "method2"]
     synthetic_dir: str = "data/synthetic"
     vflip: bool = Field(True, description="vertical flips too (histology has no 'up')")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: CPU autocast (AMX)")
     device: str = "auto"
     num_threads: int = Field(0, ge=0, description="0: torch's default")
 

@@ -71,7 +71,9 @@ def train_condition(
     if result.finished:
         restore_best(model, result, cfg.freeze_backbone)
         best = next(r for r in result.history if r["epoch"] == result.best_epoch)
-        test_metrics, preds = evaluate(model, splits.test, classes, cfg.input_size, root)
+        test_metrics, preds = evaluate(
+            model, splits.test, classes, cfg.input_size, root, cfg.precision
+        )
         metrics = {
             "best_epoch": result.best_epoch,
             "best_val_acc": best["val_acc"],

@@ -19,12 +19,18 @@ from lymphaug.classifier.model import Classifier
 PREDICTION_COLUMNS = ["path", "class", "label", "predicted", "predicted_class"]  # + prob_<class>
 
 
-def predict_proba(model: Classifier, x_u8: torch.Tensor, batch: int = 64) -> np.ndarray:
+def predict_proba(
+    model: Classifier, x_u8: torch.Tensor, batch: int = 64, precision: str = "fp32"
+) -> np.ndarray:
+    from lymphaug.classifier.loop import autocast
+
     model.eval()
     out = []
     with torch.inference_mode():
         for i in range(0, len(x_u8), batch):
-            out.append(torch.softmax(model(normalize(x_u8[i : i + batch])), dim=1))
+            with autocast(precision):
+                logits = model(normalize(x_u8[i : i + batch])).float()
+            out.append(torch.softmax(logits, dim=1))
     return torch.cat(out).double().numpy()
 
 
@@ -55,9 +61,16 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     }
 
 
-def evaluate(model: Classifier, test: ImageSet, classes: list[str], input_size: int, root: Path):
+def evaluate(
+    model: Classifier,
+    test: ImageSet,
+    classes: list[str],
+    input_size: int,
+    root: Path,
+    precision: str = "fp32",
+):
     """(metrics dict, predictions DataFrame) of ``model`` on the test set."""
-    probs = predict_proba(model, eval_tensor(test.images, input_size))
+    probs = predict_proba(model, eval_tensor(test.images, input_size), precision=precision)
     y_true = test.labels.numpy()
     y_pred = probs.argmax(1)
     metrics = classification_metrics(y_true, y_pred, classes)

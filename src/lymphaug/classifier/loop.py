@@ -98,12 +98,18 @@ def restore_best(model: Classifier, result: FitResult, frozen: bool) -> None:
     _trained(model, frozen).load_state_dict(result.best_state)
 
 
-def _evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch: int):
+def autocast(precision: str):
+    """bf16 autocast (convolutions and matmuls; fast on CPUs with AMX/AVX512-BF16), or nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch: int, precision: str):
     model.eval()
     losses, correct = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(y), batch):
-            logits = model(normalize(x[i : i + batch]))
+            with autocast(precision):
+                logits = model(normalize(x[i : i + batch])).float()
             losses += nnf.cross_entropy(logits, y[i : i + batch], reduction="sum").item()
             correct += (logits.argmax(1) == y[i : i + batch]).sum().item()
     return losses / len(y), correct / len(y)
@@ -119,12 +125,13 @@ def _train_epoch(model, opt, data: ImageSet, cfg: TrainConfig, gen, epoch: int, 
         idx = order[start : start + cfg.batch_size]
         x = normalize(augment_batch([data.images[i] for i in idx], cfg.input_size, gen, cfg.vflip))
         y = data.labels[idx]
-        if frozen:
-            with torch.no_grad():
-                feats = model.body(x)
+        if frozen:  # no autograd graph through the frozen body: only the head learns
+            with torch.no_grad(), autocast(cfg.precision):
+                feats = model.body(x).float()
             logits = model.head(feats)
         else:
-            logits = model(x)
+            with autocast(cfg.precision):
+                logits = model(x).float()
         loss = nnf.cross_entropy(logits, y)  # = LogSoftmax + NLLLoss, as in the study
         if not math.isfinite(loss.item()):
             raise TrainingError(
@@ -192,7 +199,7 @@ def fit(
     resumed_from = start - 1
     for epoch in range(start, cfg.epochs + 1):
         train_loss, train_acc = _train_epoch(model, opt, train, cfg, gen, epoch, frozen)
-        val_loss, val_acc = _evaluate(model, val_x, val.labels, cfg.batch_size)
+        val_loss, val_acc = _evaluate(model, val_x, val.labels, cfg.batch_size, cfg.precision)
         row = dict(
             zip(HISTORY_KEYS, (epoch, train_loss, train_acc, val_loss, val_acc), strict=True)
         )
