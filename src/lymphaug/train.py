@@ -14,8 +14,10 @@ outputs are moved into place atomically:
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,7 +143,38 @@ def write_outputs(outcome: Outcome, params: Params, layout: Layout, condition: s
     return [rep / n for n in ("metrics.json", "history.csv", "predictions.csv")]
 
 
+def init_distributed() -> int:
+    """Join the process group when started by torchrun (gloo: CPU); return this rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # a lost peer errors after 10 min instead of hanging forever
+        dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=10))
+    return dist.get_rank()
+
+
 def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
+    rank = init_distributed()
+    try:
+        if rank == 0:
+            return _run_writer(params, layout, args)
+        # other ranks compute their share and write nothing
+        set_determinism(params.train.num_threads)
+        splits = load_splits(args.condition, params, layout)
+        digests = {k: d for k, (_, d) in data_digests(layout, args.condition, params).items()}
+        work = layout.work / "train" / args.condition / f"seed_{args.seed}"
+        work = work / work_hash(params, args.condition, args.seed, digests)
+        train_condition(params, splits, args.seed, layout.root, work, not args.no_resume)
+        return 0
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int:
     from lymphaug.classifier.mlflow_run import ChildRun
 
     condition, seed = args.condition, args.seed

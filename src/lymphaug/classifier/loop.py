@@ -115,15 +115,41 @@ def _evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch: int, p
     return losses / len(y), correct / len(y)
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless torch.distributed was initialised (torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(values: list[float], world_size: int) -> list[float]:
+    if world_size == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def _train_epoch(model, opt, data: ImageSet, cfg: TrainConfig, gen, epoch: int, frozen: bool):
+    """One epoch. Under torchrun every rank draws the same order and crops (same seeded
+    generator), takes its own slice of each batch, and gradients are summed across ranks, so
+    the ranks stay identical and a batch's gradient is that of the whole batch."""
+    rank, world_size = world()
     model.train()
     order = torch.randperm(len(data), generator=gen).tolist()
     total, correct, seen = 0.0, 0, 0
     batches = range(0, len(order), cfg.batch_size)
-    bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=None, leave=False)
+    bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=None if rank == 0 else True,
+               leave=False)  # fmt: skip
     for start in bar:
-        idx = order[start : start + cfg.batch_size]
-        x = normalize(augment_batch([data.images[i] for i in idx], cfg.input_size, gen, cfg.vflip))
+        batch_idx = order[start : start + cfg.batch_size]
+        crops = augment_batch([data.images[i] for i in batch_idx], cfg.input_size, gen, cfg.vflip)
+        idx = batch_idx[rank::world_size]
+        x = normalize(crops[rank::world_size])
         y = data.labels[idx]
         if frozen:  # no autograd graph through the frozen body: only the head learns
             with torch.no_grad(), autocast(cfg.precision):
@@ -132,20 +158,36 @@ def _train_epoch(model, opt, data: ImageSet, cfg: TrainConfig, gen, epoch: int, 
         else:
             with autocast(cfg.precision):
                 logits = model(x).float()
-        loss = nnf.cross_entropy(logits, y)  # = LogSoftmax + NLLLoss, as in the study
-        if not math.isfinite(loss.item()):
+        # = LogSoftmax + NLLLoss, as in the study; summed here, divided by the whole batch
+        loss_sum = nnf.cross_entropy(logits, y, reduction="sum")
+        batch_loss, batch_correct = _all_reduce(
+            [loss_sum.item(), (logits.argmax(1) == y).sum().item()], world_size
+        )
+        if not math.isfinite(batch_loss):
             raise TrainingError(
-                f"loss became {loss.item()} at epoch {epoch}, batch {start // cfg.batch_size + 1}"
+                f"loss became {batch_loss} at epoch {epoch}, batch {start // cfg.batch_size + 1}"
                 f"; lower train.learning_rate (now {cfg.learning_rate})"
             )
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum / len(batch_idx)).backward()
+        if world_size > 1:
+            _sum_gradients(opt)
         opt.step()
-        total += loss.item() * len(idx)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(idx)
+        total += batch_loss
+        correct += int(batch_correct)
+        seen += len(batch_idx)
         bar.set_postfix(loss=f"{total / seen:.3f}")
     return total / seen, correct / seen
+
+
+def _sum_gradients(opt: torch.optim.Optimizer) -> None:
+    import torch.distributed as dist
+
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
 
 
 def fit(
@@ -179,6 +221,7 @@ def fit(
     best_epoch, best_acc, best_state = 0, -1.0, {}
     start = 1
     ckpt_path = work_dir / CHECKPOINT if work_dir else None
+    writer = world()[0] == 0  # under torchrun only rank 0 writes; every rank may resume
     if ckpt_path and resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, model, classes, frozen)
         try:
@@ -207,7 +250,7 @@ def fit(
         if val_acc > best_acc:
             best_epoch, best_acc = epoch, val_acc
             best_state = copy.deepcopy(_trained(model, frozen).state_dict())
-        if ckpt_path:
+        if ckpt_path and writer:
             save_checkpoint(
                 ckpt_path,
                 {
