@@ -67,6 +67,12 @@ def test_frozen_backbone_trains_only_the_head(base_splits, layout):
     assert not torch.equal(before.head.weight, out.model.head.weight)
 
 
+def test_bf16_autocast_trains(base_splits, layout):
+    out = train_condition(tiny_params(epochs=1, freeze_backbone=True, precision="bf16"),
+                          base_splits, 0, layout.root)  # fmt: skip
+    assert len(out.fit.history) == 1 and 0 <= out.metrics["test_accuracy"] <= 1
+
+
 def test_outputs_written(base_splits, layout, tmp_path):
     params = tiny_params(epochs=1)
     out = train_condition(params, base_splits, 0, layout.root)
