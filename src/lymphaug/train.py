@@ -4,8 +4,8 @@ Order matters: the MLflow run is opened first (an unreachable server fails in
 seconds, not after training), then every image is decoded once, the model is
 trained with a checkpoint per epoch under ``work/train/<condition>/seed_<n>/<hash>``
 (DVC deletes the stage's outputs before a rerun; the work folder survives, so a
-killed run resumes), the best epoch is evaluated on the test split, and the
-outputs are moved into place atomically:
+killed run resumes; it is removed once the outputs are in place), the best epoch is
+evaluated on the test split, and the outputs are moved into place atomically:
 
 - ``models/<condition>/seed_<n>/``: ``model.pt`` (torchvision state dict) + ``model.json``
 - ``reports/train/<condition>/seed_<n>/``: ``metrics.json``, ``history.csv``, ``predictions.csv``
@@ -29,7 +29,7 @@ from lymphaug.classifier.evaluate import confusion_png, curves_png, evaluate
 from lymphaug.classifier.loop import FitResult, fit, restore_best, set_determinism
 from lymphaug.classifier.model import Classifier, build_classifier
 from lymphaug.config import Params
-from lymphaug.fsutil import atomic_path, sha256_file, write_text_atomic
+from lymphaug.fsutil import atomic_path, remove, sha256_file, write_text_atomic
 from lymphaug.paths import Layout
 
 
@@ -209,6 +209,9 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
     except BaseException:
         child.fail()
         raise
+    # The checkpoints (up to ~1 GB for AlexNet with Adam) only serve an interrupted run;
+    # the finished model is in models/ and DVC's cache.
+    remove(work)
     m = outcome.metrics
     print(
         f"train {condition} seed={seed}: best epoch {m['best_epoch']}, "
