@@ -85,7 +85,7 @@ def train_condition(
             "n_train": len(splits.train),
             "n_val": len(splits.val),
             "n_test": len(splits.test),
-            **{k: test_metrics[k] for k in ("accuracy", "macro_f1", "per_class")},
+            "per_class": test_metrics["per_class"],
             "confusion_matrix": test_metrics["confusion_matrix"],
         }
     return Outcome(model, result, metrics, preds)

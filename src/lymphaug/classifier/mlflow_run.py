@@ -78,7 +78,7 @@ class ChildRun:
         import mlflow
         import mlflow.pytorch
 
-        flat = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
+        flat = {k: metrics[k] for k in ("test_accuracy", "test_macro_f1", "best_val_acc")}
         for c, m in metrics["per_class"].items():
             for k in ("precision", "recall", "f1"):
                 flat[f"test_{k}_{c}"] = m[k]
