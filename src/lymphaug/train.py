@@ -29,6 +29,7 @@ from lymphaug.classifier.evaluate import confusion_png, curves_png, evaluate
 from lymphaug.classifier.loop import FitResult, fit, restore_best, set_determinism
 from lymphaug.classifier.model import Classifier, build_classifier
 from lymphaug.config import Params
+from lymphaug.errors import LymphaugError
 from lymphaug.fsutil import atomic_path, remove, sha256_file, write_text_atomic
 from lymphaug.paths import Layout
 
@@ -46,8 +47,11 @@ class Outcome:
 
 
 def select_device(name: str) -> torch.device:
+    """``auto``: the GPU when one is visible. Under torchrun each process takes GPU LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 
@@ -66,6 +70,7 @@ def train_condition(
     classes = list(params.classes)
     torch.manual_seed(seed)  # the new head's initial weights
     model = build_classifier(cfg.arch, len(classes), cfg.weights, root)
+    model.to(select_device(cfg.device))
     result = fit(model, splits.train, splits.val, cfg, seed, classes, work_dir, resume,
                  stop_after_epoch, on_epoch)  # fmt: skip
     metrics: dict = {"best_epoch": result.best_epoch}
@@ -88,7 +93,7 @@ def train_condition(
             "per_class": test_metrics["per_class"],
             "confusion_matrix": test_metrics["confusion_matrix"],
         }
-    return Outcome(model, result, metrics, preds)
+    return Outcome(model.cpu(), result, metrics, preds)
 
 
 def data_digests(layout: Layout, condition: str, params: Params) -> dict[str, tuple[Path, str]]:
@@ -144,7 +149,11 @@ def write_outputs(outcome: Outcome, params: Params, layout: Layout, condition: s
 
 
 def init_distributed() -> int:
-    """Join the process group when started by torchrun (gloo: CPU); return this rank."""
+    """Join the process group when started by torchrun; return this rank.
+
+    gloo works for CPU and (more slowly) CUDA tensors alike, so one backend serves
+    both; the all-reduced tensors are small (gradients once per batch, metrics).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return 0
     import torch.distributed as dist
@@ -180,8 +189,11 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
     condition, seed = args.condition, args.seed
     cfg = params.train
     set_determinism(cfg.num_threads)
-    if select_device(cfg.device).type != "cpu":
-        print(f"train: device {cfg.device} requested; this version trains on the CPU")
+    device = select_device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LymphaugError(
+            "train.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'"
+        )
     child = ChildRun(params, layout, condition, seed)  # fails fast if the server is down
     try:
         splits = load_splits(condition, params, layout)

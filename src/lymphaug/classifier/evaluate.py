@@ -22,15 +22,16 @@ PREDICTION_COLUMNS = ["path", "class", "label", "predicted", "predicted_class"] 
 def predict_proba(
     model: Classifier, x_u8: torch.Tensor, batch: int = 64, precision: str = "fp32"
 ) -> np.ndarray:
-    from lymphaug.classifier.loop import autocast
+    from lymphaug.classifier.loop import autocast, device_of
 
     model.eval()
+    dev = device_of(model)
     out = []
     with torch.inference_mode():
         for i in range(0, len(x_u8), batch):
-            with autocast(precision):
-                logits = model(normalize(x_u8[i : i + batch])).float()
-            out.append(torch.softmax(logits, dim=1))
+            with autocast(precision, dev):
+                logits = model(normalize(x_u8[i : i + batch]).to(dev)).float()
+            out.append(torch.softmax(logits, dim=1).cpu())
     return torch.cat(out).double().numpy()
 
 

@@ -98,20 +98,28 @@ def restore_best(model: Classifier, result: FitResult, frozen: bool) -> None:
     _trained(model, frozen).load_state_dict(result.best_state)
 
 
-def autocast(precision: str):
-    """bf16 autocast (convolutions and matmuls; fast on CPUs with AMX/AVX512-BF16), or nothing."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device the model lives on; batches are decoded on the CPU and moved there."""
+    return next(model.parameters()).device
+
+
+def autocast(precision: str, device: torch.device | None = None):
+    """bf16 autocast (convolutions and matmuls; fast on GPUs and on CPUs with AMX), or nothing."""
+    kind = device.type if device is not None else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def _evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch: int, precision: str):
     model.eval()
+    dev = device_of(model)
     losses, correct = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(y), batch):
-            with autocast(precision):
-                logits = model(normalize(x[i : i + batch])).float()
-            losses += nnf.cross_entropy(logits, y[i : i + batch], reduction="sum").item()
-            correct += (logits.argmax(1) == y[i : i + batch]).sum().item()
+            yb = y[i : i + batch].to(dev)
+            with autocast(precision, dev):
+                logits = model(normalize(x[i : i + batch]).to(dev)).float()
+            losses += nnf.cross_entropy(logits, yb, reduction="sum").item()
+            correct += (logits.argmax(1) == yb).sum().item()
     return losses / len(y), correct / len(y)
 
 
@@ -139,6 +147,7 @@ def _train_epoch(model, opt, data: ImageSet, cfg: TrainConfig, gen, epoch: int, 
     generator), takes its own slice of each batch, and gradients are summed across ranks, so
     the ranks stay identical and a batch's gradient is that of the whole batch."""
     rank, world_size = world()
+    dev = device_of(model)
     model.train()
     order = torch.randperm(len(data), generator=gen).tolist()
     total, correct, seen = 0.0, 0, 0
@@ -149,14 +158,14 @@ def _train_epoch(model, opt, data: ImageSet, cfg: TrainConfig, gen, epoch: int, 
         batch_idx = order[start : start + cfg.batch_size]
         crops = augment_batch([data.images[i] for i in batch_idx], cfg.input_size, gen, cfg.vflip)
         idx = batch_idx[rank::world_size]
-        x = normalize(crops[rank::world_size])
-        y = data.labels[idx]
+        x = normalize(crops[rank::world_size]).to(dev, non_blocking=True)
+        y = data.labels[idx].to(dev)
         if frozen:  # no autograd graph through the frozen body: only the head learns
-            with torch.no_grad(), autocast(cfg.precision):
+            with torch.no_grad(), autocast(cfg.precision, dev):
                 feats = model.body(x).float()
             logits = model.head(feats)
         else:
-            with autocast(cfg.precision):
+            with autocast(cfg.precision, dev):
                 logits = model(x).float()
         # = LogSoftmax + NLLLoss, as in the study; summed here, divided by the whole batch
         loss_sum = nnf.cross_entropy(logits, y, reduction="sum")
@@ -231,6 +240,8 @@ def fit(
         opt.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])  # GPU dropout draws
         history = list(ckpt["history"])
         best_epoch, best_acc, best_state = ckpt["best_epoch"], ckpt["best_acc"], ckpt["best_state"]
         if best_state is None:
@@ -259,6 +270,9 @@ def fit(
                     "optimizer": opt.state_dict(),
                     "generator": gen.get_state(),
                     "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all()
+                    if device_of(model).type == "cuda"
+                    else None,
                     "epoch": epoch,
                     "history": history,
                     "best_epoch": best_epoch,
