@@ -84,3 +84,11 @@ def test_profile_with_unknown_key_leaves_params_untouched(repo_root, tmp_path):
     with pytest.raises(ConfigError, match="train.epochz"):
         apply_profile(params, bad)
     assert params.read_text() == before
+
+
+def test_unquoted_no_for_mixed_precision_means_no():
+    """`mixed_precision: no` (unquoted) is YAML 1.1's false; read it as accelerate's "no"."""
+    p = parse_params(yaml.safe_load("finetune: {mixed_precision: no}"))
+    assert p.finetune.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="finetune.mixed_precision"):
+        parse_params(yaml.safe_load("finetune: {mixed_precision: yes}"))

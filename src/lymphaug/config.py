@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lymphaug.errors import ConfigError
 
@@ -134,6 +134,13 @@ class FinetuneConfig(Section):
     batch_size: int = Field(8, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml11_no(cls, value: object) -> object:
+        """YAML 1.1 reads an unquoted ``no`` as false; accelerate's spelling is "no"."""
+        return "no" if value is False else value
+
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
     use_ema: bool = False
