@@ -15,6 +15,7 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 from lymphaug.config import MlflowConfig
@@ -143,5 +144,7 @@ def log_dataset(df, path: Path, name: str, digest: str, context: str) -> None:
     """Log a manifest as an MLflow dataset input of the active run (digest: its sha256)."""
     import mlflow
 
-    dataset = mlflow.data.from_pandas(df, source=str(path), name=name, digest=digest[:36])
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a path
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(df, source=str(path), name=name, digest=digest[:36])
     mlflow.log_input(dataset, context=context)

@@ -9,6 +9,7 @@ run, so the curve is always complete and never duplicated).
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,9 @@ class ChildRun:
             for f in files:
                 mlflow.log_artifact(str(f))
             example = np.zeros((1, 3, input_size, input_size), dtype=np.float32)
-            mlflow.pytorch.log_model(model, name="model", input_example=example)
+            with warnings.catch_warnings():  # schema/export hints that say nothing about us
+                warnings.simplefilter("ignore", UserWarning)
+                mlflow.pytorch.log_model(model, name="model", input_example=example)
 
     def fail(self) -> None:
         self.client.set_terminated(self.run_id, status="FAILED")
