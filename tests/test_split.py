@@ -9,7 +9,7 @@ from lymphaug import manifest
 from lymphaug.cli import main
 from lymphaug.config import SplitConfig
 from lymphaug.errors import DataError
-from lymphaug.split import assign_splits, split_sizes
+from lymphaug.split import assign_predefined, assign_splits, split_sizes
 
 
 def raw_table(counts: dict[str, int]) -> pd.DataFrame:
@@ -106,3 +106,27 @@ def test_cli_missing_manifest_is_clean_error(tmp_path, repo_root, capsys):
     params.write_text((repo_root / "params.yaml").read_text())
     assert main(["--params", str(params), "--root", str(tmp_path), "split"]) == 2
     assert "manifest.csv: not found" in capsys.readouterr().err
+
+
+def test_predefined_fold_becomes_the_test_split():
+    raw = raw_table({"CLL": 10, "FL": 12})
+    held = raw.groupby("class").head(3)  # the benchmark's held-out fold
+    predefined = raw.assign(split="train", fold=-1)
+    predefined.loc[predefined["path"].isin(held["path"]), "split"] = "val"
+    out = assign_predefined(raw, predefined, SplitConfig(val_fraction=0.25))
+    assert set(out.loc[out["split"] == "test", "path"]) == set(held["path"])
+    assert len(out) == len(raw) and set(out["path"]) == set(raw["path"])
+    counts = out.groupby(["class", "split"]).size().to_dict()
+    assert counts[("CLL", "val")] == 2 and counts[("FL", "val")] == 2  # round(7*.25), round(9*.25)
+    assert (out["fold"] == -1).all()
+
+
+def test_predefined_without_file_is_clean_error(tmp_path, repo_root, capsys):
+    raw_dir = tmp_path / "data" / "raw"
+    df = raw_table({"CLL": 4, "FL": 4, "MCL": 4})
+    manifest.write_table(df, raw_dir / "manifest.csv", manifest.RAW_COLUMNS)
+    params = tmp_path / "params.yaml"
+    params.write_text((repo_root / "params.yaml").read_text().replace(
+        "predefined: false", "predefined: true"))  # fmt: skip
+    assert main(["--params", str(params), "--root", str(tmp_path), "split"]) == 2
+    assert "only ingest.source=mat ships a predefined split" in capsys.readouterr().err

@@ -88,6 +88,9 @@ class SplitConfig(Section):
     val_fraction: float = Field(0.2, ge=0, lt=1)
     k_folds: int = Field(0, ge=0, description="0: one train/val split; k>=2: k folds")
     fold: int = Field(0, ge=0)
+    predefined: bool = Field(
+        False, description="source=mat: the benchmark's held-out fold is the test split"
+    )
 
     @model_validator(mode="after")
     def _fold_in_range(self) -> SplitConfig:

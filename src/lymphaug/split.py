@@ -91,6 +91,33 @@ def assign_splits(raw: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
     return out.sort_values("path", kind="stable").reset_index(drop=True)
 
 
+def assign_predefined(
+    raw: pd.DataFrame, predefined: pd.DataFrame, cfg: SplitConfig
+) -> pd.DataFrame:
+    """The reference study's division: its held-out ("val") fold becomes our test split.
+
+    The study validated and reported on that fold with no separate test set; here it is
+    kept as the untouched test split, and the study's training images are divided into
+    train / val per class by ``val_fraction`` (seeded as in :func:`assign_splits`).
+    """
+    held_out = set(predefined.loc[predefined["split"] != "train", "path"])
+    unknown = held_out - set(raw["path"])
+    if unknown:
+        raise DataError(f"predefined split names images not in data/raw: {sorted(unknown)[:5]}")
+    rows = []
+    for cls, group in sorted(raw.groupby("class", sort=False), key=lambda kv: str(kv[0])):
+        pool = np.array(sorted(set(group["path"]) - held_out), dtype=object)
+        n_val = max(1, _round_half_up(len(pool) * cfg.val_fraction)) if cfg.val_fraction else 0
+        if len(pool) <= n_val:
+            raise DataError(f"class {cls!r}: {len(pool)} training image(s) in the predefined split")
+        order = _class_rng(cfg.seed, str(cls)).permutation(len(pool))
+        for i, path in enumerate(pool[order]):
+            rows.append({"path": path, "class": cls, "split": "val" if i < n_val else "train"})
+        rows += [{"path": p, "class": cls, "split": "test"} for p in group["path"] if p in held_out]
+    out = pd.DataFrame(rows).assign(fold=-1)[manifest.SPLIT_COLUMNS]
+    return out.sort_values("path", kind="stable").reset_index(drop=True)
+
+
 def summary(split: pd.DataFrame) -> str:
     """Counts per class and split, for the log."""
     table = pd.crosstab(split["class"], split["split"]).reindex(
@@ -103,10 +130,21 @@ def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
     raw = manifest.read_table(layout.raw_manifest, manifest.RAW_COLUMNS)
     if raw.empty:
         raise DataError(f"{layout.raw_manifest}: no images listed")
-    split = assign_splits(raw, params.split)
+    if params.split.predefined:
+        if not layout.raw_predefined_split.is_file():
+            raise DataError(
+                f"split.predefined is true but {layout.raw_predefined_split} does not exist: "
+                "only ingest.source=mat ships a predefined split"
+            )
+        predefined = manifest.read_table(layout.raw_predefined_split, manifest.SPLIT_COLUMNS)
+        split = assign_predefined(raw, predefined, params.split)
+    else:
+        split = assign_splits(raw, params.split)
     manifest.write_table(split, layout.split_csv, manifest.SPLIT_COLUMNS)
     mode = (
-        f"{params.split.k_folds} folds, val = fold {params.split.fold}"
+        "predefined fold = test"
+        if params.split.predefined
+        else f"{params.split.k_folds} folds, val = fold {params.split.fold}"
         if params.split.k_folds
         else "one split"
     )
