@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+from dvc_fixtures import set_param, sh
 
 from lymphaug.config import Params, load_params
 
@@ -40,3 +42,22 @@ def _isolated_mlflow_env(monkeypatch):
     """
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def dvc_repo(tmp_path, repo_root) -> Path:
+    """This project's pipeline in a fresh git + DVC repo, with a tiny sample source."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(repo_root / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(repo_root / "params.yaml", repo / "params.yaml")
+    shutil.copytree(
+        repo_root / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+    )
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q")
+    set_param(repo, "ingest", "source", "sample")
+    set_param(repo, "ingest.sample", "per_class", 6)
+    set_param(repo, "ingest.sample", "width", 96)
+    set_param(repo, "ingest.sample", "height", 72)
+    return repo

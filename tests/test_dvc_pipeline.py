@@ -8,13 +8,11 @@ runs them for a user.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
+from dvc_fixtures import set_param, sh
 
 from lymphaug import manifest
 
@@ -24,43 +22,6 @@ pytestmark = pytest.mark.skipif(
     shutil.which("dvc") is None or shutil.which("lymphaug") is None,
     reason="dvc and the lymphaug CLI must be installed",
 )
-
-
-def sh(cwd: Path, *cmd: str) -> str:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_TERMINAL_PROMPT": "0"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-        )
-    return proc.stdout + proc.stderr
-
-
-def set_param(repo: Path, section: str, key: str, value: object) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    node = params
-    for part in section.split("."):
-        node = node[part]
-    node[key] = value
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-@pytest.fixture
-def dvc_repo(tmp_path, repo_root) -> Path:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    shutil.copy(repo_root / "dvc.yaml", repo / "dvc.yaml")
-    shutil.copy(repo_root / "params.yaml", repo / "params.yaml")
-    shutil.copytree(
-        repo_root / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
-    )
-    sh(repo, "git", "init", "-q")
-    sh(repo, "dvc", "init", "-q")
-    set_param(repo, "ingest", "source", "sample")
-    set_param(repo, "ingest.sample", "per_class", 6)
-    set_param(repo, "ingest.sample", "width", 96)
-    set_param(repo, "ingest.sample", "height", 72)
-    return repo
 
 
 def status(repo: Path) -> str:
