@@ -160,6 +160,12 @@ def test_final_stages_run_as_non_root(stages):
         assert users[-1].split(":")[0] not in ("root", "0"), f"stage {name} runs as root"
 
 
+def test_mlflow_image_listens_on_loopback_by_default(stages):
+    """Only compose, which publishes the port on 127.0.0.1, may widen the listen address."""
+    cmds = [rest for word, rest in stages["mlflow-server"]["body"] if word == "CMD"]
+    assert cmds and "127.0.0.1" in cmds[-1] and "0.0.0.0" not in cmds[-1]
+
+
 def test_runtime_stage_environment(stages):
     body = stages["runtime"]["body"]
     env = stage_env(stages["runtime"])
