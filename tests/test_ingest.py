@@ -445,12 +445,17 @@ def test_archive_member_escaping_is_refused(tmp_path, evil):
     assert not (repo / "data").exists() and not files_under(repo / "work")
 
 
+def zip_of(path: Path, members: dict[str, bytes]) -> str:
+    """Write a zip holding ``members`` (name -> bytes) verbatim; return its sha256."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_zip_member_escaping_is_refused(tmp_path):
     path = tmp_path / "a.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("CLL/ok.png", png(1))
-        zf.writestr("../evil.png", png(2))
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha = zip_of(path, {"CLL/ok.png": png(1), "../evil.png": png(2)})
     with pytest.raises(DataError, match=r"'\.\./evil\.png' escapes the target folder"):
         run_ingest(tmp_path / "repo", source="archive", archive={"url": str(path), "sha256": sha})
     assert not (tmp_path / "evil.png").exists()
@@ -539,10 +544,7 @@ def test_real_data_folder(tmp_path, real_data):
 
 def test_archive_without_class_folders_says_what_it_found(tmp_path):
     path = tmp_path / "a.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("data/images/x.png", png(1))
-        zf.writestr("data/other/y.png", png(2))
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha = zip_of(path, {"data/images/x.png": png(1), "data/other/y.png": png(2)})
     with pytest.raises(DataError, match=r"a.zip: no class folders .* holds \['images', 'other'\]"):
         run_ingest(tmp_path / "repo", source="archive", archive={"url": str(path), "sha256": sha})
     assert not files_under(tmp_path / "repo")
