@@ -2,12 +2,11 @@
 
 Contract (written by ``lymphaug train`` under ``reports/train/<condition>/seed_<n>/``):
 
-- ``predictions.csv``: path, class, label, predicted, prob_<class>... (one row per
-  test image). ``label``/``predicted`` may be class indices or class names; both
-  are accepted. Accuracy, macro-F1 and the confusion matrix are recomputed from
-  these rows, so every number in the report traces back to per-image predictions.
-- ``history.csv``: epoch and the validation accuracy per epoch (``val_acc`` or
-  ``val_accuracy``; fractions, or percentages if any value exceeds 1).
+- ``predictions.csv``: path, class, label, predicted, predicted_class, prob_<class>...
+  (one row per test image; ``label``/``predicted`` are class indices). Accuracy,
+  macro-F1 and the confusion matrix are recomputed from these rows, so every number
+  in the report traces back to per-image predictions.
+- ``history.csv``: epoch, train_loss, train_acc, val_loss, val_acc (fractions).
 - ``metrics.json``: read for the best epoch only (optional keys).
 
 Pairing is the point of the comparison, so any difference in the set of test
@@ -28,7 +27,6 @@ from lymphaug.errors import DataError
 from lymphaug.paths import Layout
 
 CONDITIONS = ("base", "dct", "synthetic")
-VAL_ACC_COLUMNS = ("val_acc", "val_accuracy")
 
 
 @dataclass(frozen=True)
@@ -70,16 +68,13 @@ def macro_f1(cm: np.ndarray) -> float:
 
 
 def _as_index(values: pd.Series, classes: list[str], source: Path, column: str) -> np.ndarray:
-    strings = values.astype(str)
-    if set(strings) <= set(classes):
-        index = {c: i for i, c in enumerate(classes)}
-        return np.array([index[s] for s in strings], dtype=np.int64)
-    try:
-        out = pd.to_numeric(values).to_numpy()
-    except (ValueError, TypeError):
-        bad = sorted(set(strings) - set(classes))[:3]
-        raise DataError(f"{source}: column {column} has unknown class(es) {bad}") from None
-    if not np.all(out == np.round(out)) or out.min() < 0 or out.max() >= len(classes):
+    out = pd.to_numeric(values, errors="coerce").to_numpy()
+    if (
+        np.isnan(out).any()
+        or not np.all(out == np.round(out))
+        or out.min() < 0
+        or out.max() >= len(classes)
+    ):
         raise DataError(f"{source}: column {column} is not a class index 0..{len(classes) - 1}")
     return out.astype(np.int64)
 
@@ -105,8 +100,7 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
         pred = pd.read_csv(pred_path, dtype={"path": str, "class": str}, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DataError(f"{pred_path}: not a readable CSV ({err})") from None
-    label_col = "label" if "label" in pred.columns else "class"
-    missing = [c for c in ("path", label_col, "predicted") if c not in pred.columns]
+    missing = [c for c in ("path", "label", "predicted") if c not in pred.columns]
     if missing or pred.empty:
         raise DataError(f"{pred_path}: missing column(s) {missing} or no rows")
     pred["path"] = [_relative(p, layout.root) for p in pred["path"]]
@@ -114,7 +108,7 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
         dup = pred.loc[pred["path"].duplicated(), "path"].iloc[0]
         raise DataError(f"{pred_path}: test image {dup} appears more than once")
     pred = pred.sort_values("path", kind="stable").reset_index(drop=True)
-    labels = _as_index(pred[label_col], classes, pred_path, label_col)
+    labels = _as_index(pred["label"], classes, pred_path, "label")
     predicted = _as_index(pred["predicted"], classes, pred_path, "predicted")
 
     epochs, val_acc = _read_history(folder / "history.csv")
@@ -138,13 +132,9 @@ def _read_history(path: Path) -> tuple[np.ndarray, np.ndarray]:
         hist = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DataError(f"{path}: not a readable CSV ({err})") from None
-    col = next((c for c in VAL_ACC_COLUMNS if c in hist.columns), None)
-    if col is None or "epoch" not in hist.columns:
-        raise DataError(f"{path}: needs columns epoch and one of {list(VAL_ACC_COLUMNS)}")
-    acc = hist[col].to_numpy(dtype=np.float64)
-    if acc.size and acc.max() > 1.0:  # written as percentages
-        acc = acc / 100.0
-    return hist["epoch"].to_numpy(dtype=np.int64), acc
+    if not {"epoch", "val_acc"} <= set(hist.columns):
+        raise DataError(f"{path}: needs columns epoch and val_acc")
+    return hist["epoch"].to_numpy(dtype=np.int64), hist["val_acc"].to_numpy(dtype=np.float64)
 
 
 def read_all(
