@@ -135,8 +135,7 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch):
     assert "- **dct**: +22.2 points, 95% CI [" in text
     assert "3 seeds x 6 test images" in text
     assert "zero_method='pratt'" in text and "exact binomial" in text
-    for png in ("val_accuracy", "test_accuracy", "confusion_matrices", "nearest_pairs",
-                "real_vs_synthetic"):  # fmt: skip
+    for png in ("val_accuracy", "test_accuracy", "confusion_matrices", "nearest_pairs"):
         assert f"](compare/{png}.png)" in text
         assert (root / f"reports/compare/{png}.png").stat().st_size > 1000
     assert "Feature extractor: **the `base` classifier of seed 0" in text

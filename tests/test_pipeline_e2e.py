@@ -50,6 +50,7 @@ def test_dvc_repro_runs_every_stage_and_records_everything(dvc_repo):
     )
     report = (repo / "reports/report.md").read_text()
     assert "2 seeds" in report and "synthetic" in report
+    assert "](synthetic_contact_sheet.png)" in report  # generate's real-vs-synthetic sheet
 
     from mlflow.tracking import MlflowClient
 

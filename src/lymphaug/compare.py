@@ -32,7 +32,7 @@ from lymphaug.results import RunResult
 
 METRICS = ("accuracy", "macro_f1")
 PLOTS_DIR = "compare"  # reports/compare/
-QUALITY_PLOTS = ("nearest_pairs.png", "real_vs_synthetic.png")
+QUALITY_PLOTS = ("nearest_pairs.png",)
 
 
 @dataclass
@@ -180,7 +180,7 @@ def write_plots(runs, a: Analysis, folder: Path) -> None:
 
 
 def _thumb(path: Path, size: int = 120) -> np.ndarray:
-    """A small copy for the contact sheets (drawing full-size images is slow)."""
+    """A small copy for the nearest-pairs sheet (drawing full-size images is slow)."""
     from PIL import Image
 
     from lymphaug.images import read_rgb
@@ -190,20 +190,11 @@ def _thumb(path: Path, size: int = 120) -> np.ndarray:
     return np.asarray(img)
 
 
-def quality_plots(q, params: Params, layout: Layout, folder: Path) -> None:
-    from lymphaug.synthetic_quality import synthetic_folder
-
+def quality_plots(q, folder: Path) -> None:
+    """The closest synthetic/training pairs. Real vs synthetic per class is the generate
+    stage's contact sheet (reports/synthetic_contact_sheet.png), which the report embeds."""
     pairs = [(_thumb(s), _thumb(r), cap) for s, r, cap in q.closest]
     plots.pairs_sheet(pairs, folder / "nearest_pairs.png")
-    syn_dir = synthetic_folder(params, layout)
-    rows = {}
-    for cls in params.classes:
-        real = q.distances[q.distances["class"] == cls]
-        rows[cls] = (
-            [_thumb(layout.raw / p) for p in sorted(set(real["nearest_training"]))[:4]],
-            [_thumb(syn_dir / p) for p in list(real["synthetic"])[:4]],
-        )
-    plots.real_vs_synthetic_sheet(rows, folder / "real_vs_synthetic.png")
     q.distances.to_csv(folder / "nearest_training.csv", index=False, lineterminator="\n")
 
 
@@ -227,7 +218,7 @@ def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
         tmp.mkdir(parents=True)
         write_plots(runs, a, tmp)
         if q is not None:
-            quality_plots(q, params, layout, tmp)
+            quality_plots(q, tmp)
         else:  # every declared output exists, saying why it is empty
             for name in QUALITY_PLOTS:
                 plots.placeholder(tmp / name, f"Synthetic-image quality not assessed: {q_skipped}")

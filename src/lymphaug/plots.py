@@ -126,28 +126,6 @@ def pairs_sheet(
     _save(fig, path, dpi=72)
 
 
-def real_vs_synthetic_sheet(
-    rows: dict[str, tuple[list[np.ndarray], list[np.ndarray]]], path: Path, per_side: int = 4
-) -> None:
-    """Per class: training images on the left, synthetic images on the right."""
-    plt = _plt()
-    n = max(1, len(rows))
-    fig, axes = plt.subplots(n, 2 * per_side, figsize=(1.4 * 2 * per_side, 1.5 * n),
-                             squeeze=False)  # fmt: skip
-    for ax_row, (cls, (real, synth)) in zip(axes, rows.items(), strict=False):
-        for j, ax in enumerate(ax_row):
-            side, k = (real, j) if j < per_side else (synth, j - per_side)
-            ax.axis("off")
-            if k < len(side):
-                ax.imshow(side[k])
-            if j == 0:
-                ax.set_title(f"{cls}: real", fontsize=8, loc="left")
-            if j == per_side:
-                ax.set_title(f"{cls}: synthetic", fontsize=8, loc="left")
-    fig.tight_layout()
-    _save(fig, path, dpi=72)
-
-
 def placeholder(path: Path, text: str) -> None:
     """A figure that says why the real one is missing (DVC expects every declared plot)."""
     import textwrap

@@ -212,8 +212,6 @@ def _quality_section(q, skipped: str, layout: Layout) -> list[str]:
         "",
         "![Closest synthetic / training pairs](compare/nearest_pairs.png)",
         "",
-        "![Real training vs synthetic per class](compare/real_vs_synthetic.png)",
-        "",
         "Every distance: `compare/nearest_training.csv`.",
         "",
     ]
