@@ -10,8 +10,6 @@ interrupted run (or one whose outputs DVC deleted) resumes where it stopped.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import pandas as pd
 
 from lymphaug.config import FinetuneConfig, Params
 from lymphaug.errors import ConfigError, DataError
-from lymphaug.fsutil import atomic_path, remove
+from lymphaug.fsutil import atomic_path, remove, short_digest
 from lymphaug.images import read_rgb
 from lymphaug.manifest import RAW_COLUMNS, SPLIT_COLUMNS, assert_train_only, read_table
 from lymphaug.paths import Layout
@@ -52,8 +50,7 @@ def work_hash(cfg: FinetuneConfig, classes: list[str], train: pd.DataFrame, raw:
         df = read_table(manifest, RAW_COLUMNS)
         sha = dict(zip(df["path"], df["sha256"], strict=True))
     items = [(p, c, sha.get(p, "")) for p, c in zip(train["path"], train["class"], strict=True)]
-    blob = json.dumps([settings, classes, items], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return short_digest([settings, classes, items])
 
 
 def load_training_data(train: pd.DataFrame, raw: Path, classes: list[str], prompts):

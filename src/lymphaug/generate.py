@@ -11,8 +11,6 @@ to the data set's image size, and a real-vs-synthetic contact sheet is drawn.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +21,7 @@ import pandas as pd
 
 from lymphaug.config import GenerateConfig, Params
 from lymphaug.errors import ConfigError, DataError
-from lymphaug.fsutil import atomic_path, remove, write_bytes_atomic
+from lymphaug.fsutil import atomic_path, remove, short_digest, write_bytes_atomic
 from lymphaug.images import png_bytes, read_rgb
 from lymphaug.manifest import (
     RAW_COLUMNS,
@@ -93,8 +91,7 @@ def plan(
 def work_hash(cfg: GenerateConfig, fingerprint: str, size, jobs: list[Job]) -> str:
     """Identify a generation by what determines its pixels (not batch size or sheet layout)."""
     settings = cfg.model_dump(exclude={"batch_size", "contact_sheet_per_class"})
-    blob = json.dumps([settings, fingerprint, list(size), [asdict(j) for j in jobs]], default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return short_digest([settings, fingerprint, list(size), [asdict(j) for j in jobs]])
 
 
 def generate_images(

@@ -30,7 +30,7 @@ from lymphaug.classifier.loop import FitResult, fit, restore_best, set_determini
 from lymphaug.classifier.model import Classifier, build_classifier
 from lymphaug.config import Params
 from lymphaug.errors import LymphaugError
-from lymphaug.fsutil import atomic_path, remove, sha256_file, write_text_atomic
+from lymphaug.fsutil import atomic_path, remove, sha256_file, short_digest, write_text_atomic
 from lymphaug.paths import Layout
 
 
@@ -116,8 +116,7 @@ def work_hash(params: Params, condition: str, seed: int, digests: dict[str, str]
         cfg.pop("dct_methods")
     if condition != "synthetic":
         cfg.pop("synthetic_dir")
-    blob = json.dumps([cfg, params.classes, condition, seed, digests], sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return short_digest([cfg, params.classes, condition, seed, digests])
 
 
 def write_outputs(outcome: Outcome, params: Params, layout: Layout, condition: str, seed: int):
