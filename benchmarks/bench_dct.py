@@ -3,7 +3,7 @@
     python benchmarks/bench_dct.py [--n 374] [--repeats 3]
 
 Prints images/s for each method end to end (decode, transform, encode + write PNG,
-through the stage's own :func:`lymphaug.dct.augment_dataset`) and transform-only,
+through the stage's own :func:`lymphaug.augmentation.dct.augment_dataset`) and transform-only,
 beside a plain ``scipy.fft.dctn``/``idctn`` round trip of the same batches in the same
 process (same dtype and thread count), so the ratio survives a busy machine. Peak
 memory: traced numpy/Python allocations (tracemalloc, separate untimed pass) and the
@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 import scipy.fft
 
-from lymphaug.config import DctConfig
-from lymphaug.dct import BATCH, WORKERS, augment_batch, augment_dataset
-from lymphaug.images import read_rgb
+from lymphaug.augmentation.dct import BATCH, WORKERS, augment_dataset, augmented_copies
+from lymphaug.common.config import DctConfig
+from lymphaug.common.images import read_rgb
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lymphoma"
 METHODS = ("method1", "method2")
@@ -122,7 +122,7 @@ def main() -> int:
             clock.time("plain32", lambda b=b: plain_round_trip([b]))
             clock.time("plain64", lambda b=b: plain_round_trip([b], np.float64))
             for m in METHODS:
-                clock.time(m, lambda b=b, p=p, m=m: augment_batch(b, p, m, cfg))
+                clock.time(m, lambda b=b, p=p, m=m: augmented_copies(b, p, m, cfg))
         with tempfile.TemporaryDirectory() as tmp:
             for m in METHODS:
                 out = Path(tmp) / f"{m}{r}"

@@ -60,7 +60,7 @@ def timed(fn, steps: int, warmup: int = 2) -> float:
 
 
 def cpu(steps: int) -> None:
-    from lymphaug.config import load_params
+    from lymphaug.common.config import load_params
     from lymphaug.diffusion import training
     from lymphaug.diffusion.sampling import make_scheduler
     from lymphaug.diffusion.tiny import build_tiny_pipeline

@@ -28,10 +28,10 @@ import torchvision
 from PIL import Image
 from torchvision import transforms as T
 
-from lymphaug.classifier.data import ImageSet, augment_batch, decode, normalize
+from lymphaug.classifier.data import ImageSet, decode, normalize, random_crops
 from lymphaug.classifier.loop import _adam, autocast
 from lymphaug.classifier.model import build_classifier
-from lymphaug.config import TrainConfig
+from lymphaug.common.config import TrainConfig
 
 CLASSES = ["CLL", "FL", "MCL"]
 
@@ -105,7 +105,7 @@ def ours(items, frozen: bool, steps: int, precision: str = "fp32") -> tuple[int,
         order = torch.randperm(len(data), generator=gen).tolist()
         for s in range(0, len(order) - 29, 30):
             idx = order[s : s + 30]
-            x = normalize(augment_batch([data.images[i] for i in idx], 227, gen, vflip=False))
+            x = normalize(random_crops([data.images[i] for i in idx], 227, gen, vflip=False))
             if frozen:
                 with torch.no_grad(), autocast(precision):
                     f = model.body(x).float()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from dvc_fixtures import set_param, sh
 
-from lymphaug.config import Params, load_params
+from lymphaug.common.config import Params, load_params
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "lymphoma"

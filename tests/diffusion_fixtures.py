@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lymphaug.config import parse_params
-from lymphaug.fsutil import sha256_file
-from lymphaug.images import save_png
-from lymphaug.manifest import RAW_COLUMNS, SPLIT_COLUMNS, write_table
-from lymphaug.paths import Layout
+from lymphaug.common.config import parse_params
+from lymphaug.common.files import sha256_file
+from lymphaug.common.images import save_png
+from lymphaug.common.manifest import RAW_COLUMNS, SPLIT_COLUMNS, write_table
+from lymphaug.common.paths import Layout
 
 CLASSES = ["CLL", "FL", "MCL"]
 COLOURS = {"CLL": (200, 80, 160), "FL": (120, 60, 200), "MCL": (230, 170, 200)}

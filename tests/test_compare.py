@@ -17,12 +17,14 @@ import pandas as pd
 import pytest
 import torch
 
-from lymphaug import compare, manifest, results
+from lymphaug import compare
 from lymphaug.cli import main
-from lymphaug.config import parse_params
-from lymphaug.errors import DataError
-from lymphaug.images import save_png
-from lymphaug.paths import Layout
+from lymphaug.common import manifest
+from lymphaug.common.config import parse_params
+from lymphaug.common.errors import DataError
+from lymphaug.common.images import save_png
+from lymphaug.common.paths import Layout
+from lymphaug.comparison import results
 
 CLASSES = ["CLL", "FL", "MCL"]
 COLOURS = {"CLL": (200, 80, 160), "FL": (120, 60, 200), "MCL": (220, 150, 180)}
@@ -242,7 +244,7 @@ def test_reader_refuses_labels_that_are_not_class_indices(tmp_path):
 
 def test_named_imagenet_extractor_without_cached_weights_is_refused(repo, tmp_path, monkeypatch):
     """The stage never downloads: naming an uncached extractor says where it looked."""
-    from lymphaug import features
+    from lymphaug.comparison import features
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(DataError, match="alexnet: its ImageNet weights are not in the torchvision"):

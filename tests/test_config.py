@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from lymphaug.cli import main
-from lymphaug.config import Params, load_params, parse_params
-from lymphaug.errors import ConfigError
+from lymphaug.common.config import Params, load_params, parse_params
+from lymphaug.common.errors import ConfigError
 from lymphaug.profile import apply_profile
 
 

@@ -9,12 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lymphaug import manifest
-from lymphaug.cli import main
-from lymphaug.config import DctConfig, SplitConfig
-from lymphaug.dct import (
-    augment_batch,
+from lymphaug.augmentation.dct import (
     augment_dataset,
+    augmented_copies,
     dct2,
     image_rng,
     method1,
@@ -23,8 +20,11 @@ from lymphaug.dct import (
     method2_float,
     mode_and_std,
 )
-from lymphaug.errors import LeakageError
-from lymphaug.images import read_rgb, save_png
+from lymphaug.cli import main
+from lymphaug.common import manifest
+from lymphaug.common.config import DctConfig, SplitConfig
+from lymphaug.common.errors import LeakageError
+from lymphaug.common.images import read_rgb, save_png
 from lymphaug.split import assign_splits
 
 
@@ -118,12 +118,12 @@ def test_noise_is_per_image_not_per_batch():
     batch = textured(np.random.default_rng(4), 4)
     paths = ["CLL/0.png", "CLL/1.png", "FL/0.png", "FL/1.png"]
     cfg = DctConfig(copies_per_image=2)
-    whole = dict(augment_batch(batch, paths, "method2", cfg))
-    alone = dict(augment_batch(batch[2:3], paths[2:3], "method2", cfg))
+    whole = dict(augmented_copies(batch, paths, "method2", cfg))
+    alone = dict(augmented_copies(batch[2:3], paths[2:3], "method2", cfg))
     assert np.array_equal(whole[1][2], alone[1][0])  # same image, same copy, other batch
     assert not np.array_equal(whole[0][2], whole[1][2])  # copies differ
-    again = dict(augment_batch(batch, paths, "method2", DctConfig(copies_per_image=2)))
-    other = dict(augment_batch(batch, paths, "method2", DctConfig(copies_per_image=2, seed=1)))
+    again = dict(augmented_copies(batch, paths, "method2", DctConfig(copies_per_image=2)))
+    other = dict(augmented_copies(batch, paths, "method2", DctConfig(copies_per_image=2, seed=1)))
     assert np.array_equal(whole[0], again[0]) and not np.array_equal(whole[0], other[0])
 
 

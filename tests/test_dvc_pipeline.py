@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from dvc_fixtures import set_param, sh
 
-from lymphaug import manifest
+from lymphaug.common import manifest
 
 STAGES = ("ingest", "split", "dct")
 

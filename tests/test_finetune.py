@@ -8,11 +8,11 @@ import yaml
 from diffusion_fixtures import make_dataset, tiny_params
 
 from lymphaug.cli import main
-from lymphaug.config import parse_params
+from lymphaug.common.config import parse_params
+from lymphaug.common.errors import ConfigError, DataError, LymphaugError
+from lymphaug.common.manifest import SPLIT_COLUMNS, read_table
 from lymphaug.diffusion import checkpoints, loading, training
-from lymphaug.errors import ConfigError, DataError, LymphaugError
 from lymphaug.finetune import finetune, training_rows
-from lymphaug.manifest import SPLIT_COLUMNS, read_table
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def own_mlflow_store(tmp_path, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    with training.cpu_threads("tiny"):
+    with loading.cpu_threads("tiny"):
         yield
 
 

@@ -7,14 +7,14 @@ import shutil
 import pytest
 from diffusion_fixtures import make_dataset, tiny_params
 
-from lymphaug.config import parse_params
-from lymphaug.diffusion.training import cpu_threads
-from lymphaug.errors import ConfigError, DataError
+from lymphaug.common.config import parse_params
+from lymphaug.common.errors import ConfigError, DataError
+from lymphaug.common.images import read_rgb
+from lymphaug.common.manifest import SPLIT_COLUMNS, SYNTHETIC_COLUMNS, read_table
+from lymphaug.common.paths import Layout
+from lymphaug.diffusion.loading import cpu_threads
 from lymphaug.finetune import finetune
 from lymphaug.generate import generate
-from lymphaug.images import read_rgb
-from lymphaug.manifest import SPLIT_COLUMNS, SYNTHETIC_COLUMNS, read_table
-from lymphaug.paths import Layout
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lymphaug.errors import DataError
-from lymphaug.images import decode_rgb, png_bytes, read_rgb, save_png, to_rgb8
+from lymphaug.common.errors import DataError
+from lymphaug.common.images import decode_rgb, png_bytes, read_rgb, save_png, to_rgb8
 
 
 def roundtrip(img: Image.Image, fmt: str, **kw) -> Image.Image:

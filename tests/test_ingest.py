@@ -18,10 +18,10 @@ from PIL import Image
 
 from lymphaug import ingest
 from lymphaug.cli import main
-from lymphaug.config import Params, parse_params
-from lymphaug.errors import DataError
-from lymphaug.manifest import RAW_COLUMNS, SPLIT_COLUMNS, read_table
-from lymphaug.paths import Layout
+from lymphaug.common.config import Params, parse_params
+from lymphaug.common.errors import DataError
+from lymphaug.common.manifest import RAW_COLUMNS, SPLIT_COLUMNS, read_table
+from lymphaug.common.paths import Layout
 
 CLASSES = ["CLL", "FL", "MCL"]
 

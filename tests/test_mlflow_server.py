@@ -1,4 +1,4 @@
-"""A real MLflow tracking server on 127.0.0.1, used over HTTP through lymphaug.tracking.
+"""A real MLflow tracking server on 127.0.0.1, used over HTTP through lymphaug.common.tracking.
 
 The server is the `mlflow server` CLI (SQLite backend store, a local artifact destination
 served through the server's artifact proxy, as in the compose stack where it is S3).
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from lymphaug import tracking
-from lymphaug.config import MlflowConfig
+from lymphaug.common import tracking
+from lymphaug.common.config import MlflowConfig
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
-from lymphaug import quality
+from lymphaug.comparison import image_metrics
 
 
 def _fid_reference(x, y):
@@ -21,7 +21,7 @@ def test_fid_matches_dense_formula():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 6))
     y = rng.normal(0.5, 1.5, size=(30, 6))
-    assert quality.fid(x, y) == pytest.approx(_fid_reference(x, y), rel=1e-6)
+    assert image_metrics.fid(x, y) == pytest.approx(_fid_reference(x, y), rel=1e-6)
 
 
 def test_fid_rank_deficient_high_dimension_matches():
@@ -29,12 +29,12 @@ def test_fid_rank_deficient_high_dimension_matches():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(12, 50))
     y = rng.normal(0.2, 1.0, size=(10, 50))
-    assert quality.fid(x, y) == pytest.approx(_fid_reference(x, y), rel=1e-5)
+    assert image_metrics.fid(x, y) == pytest.approx(_fid_reference(x, y), rel=1e-5)
 
 
 def test_fid_of_a_set_against_itself_is_zero():
     x = np.random.default_rng(2).normal(size=(15, 4096)).astype(np.float32)
-    assert quality.fid(x, x) == pytest.approx(0.0, abs=1e-6 * quality.fid(x, x + 1.0))
+    assert image_metrics.fid(x, x) == pytest.approx(0.0, abs=1e-6 * image_metrics.fid(x, x + 1.0))
 
 
 def test_kid_unbiased_near_zero_on_identical_distributions():
@@ -42,21 +42,21 @@ def test_kid_unbiased_near_zero_on_identical_distributions():
     x = rng.normal(size=(60, 32))
     y = rng.normal(size=(60, 32))
     shifted = rng.normal(1.0, 1.0, size=(60, 32))
-    same, _, m = quality.kid(x, y, subsets=50, subset_size=20, seed=0)
-    diff, _, _ = quality.kid(x, shifted, subsets=50, subset_size=20, seed=0)
+    same, _, m = image_metrics.kid(x, y, subsets=50, subset_size=20, seed=0)
+    diff, _, _ = image_metrics.kid(x, shifted, subsets=50, subset_size=20, seed=0)
     assert m == 20
     assert abs(same) < 0.1 * diff
     # the subset size never exceeds the smaller set
-    assert quality.kid(x[:7], y, subsets=5, subset_size=1000)[2] == 7
+    assert image_metrics.kid(x[:7], y, subsets=5, subset_size=1000)[2] == 7
     # deterministic for a seed
-    assert quality.kid(x, y, 10, 20, 1) == quality.kid(x, y, 10, 20, 1)
+    assert image_metrics.kid(x, y, 10, 20, 1) == image_metrics.kid(x, y, 10, 20, 1)
 
 
 def test_kid_can_be_negative():
     """An unbiased estimator of a zero MMD takes both signs."""
     rng = np.random.default_rng(4)
     signs = {
-        np.sign(quality.kid(rng.normal(size=(10, 8)), rng.normal(size=(10, 8)), 3, 10, s)[0])
+        np.sign(image_metrics.kid(rng.normal(size=(10, 8)), rng.normal(size=(10, 8)), 3, 10, s)[0])
         for s in range(30)
     }
     assert signs == {-1.0, 1.0}
@@ -66,10 +66,10 @@ def test_nearest_training_flags_a_copy():
     rng = np.random.default_rng(5)
     train = rng.normal(size=(20, 64))
     synth = np.vstack([train[7] * 1.0001, rng.normal(size=(3, 64))])
-    nn = quality.nearest_training(synth, train)
+    nn = image_metrics.nearest_training(synth, train)
     assert nn[0].index == 7 and nn[0].distance < 1e-6
     assert all(n.distance > 0.3 for n in nn[1:])
-    loo = quality.real_nn_distances(train)
+    loo = image_metrics.real_nn_distances(train)
     assert loo.shape == (20,) and loo.min() > 0.3
 
 
@@ -80,9 +80,9 @@ def test_probe_learns_separable_classes_and_is_deterministic():
     x = centres[y] + rng.normal(size=(45, 16))
     yt = np.repeat(np.arange(3), 10)
     xt = centres[yt] + rng.normal(size=(30, 16))
-    acc = quality.probe_accuracy(x, y, xt, yt, 3)
+    acc = image_metrics.probe_accuracy(x, y, xt, yt, 3)
     assert acc >= 0.9
-    assert acc == quality.probe_accuracy(x, y, xt, yt, 3)
+    assert acc == image_metrics.probe_accuracy(x, y, xt, yt, 3)
     # labels carrying no information: chance level, not perfect
-    noise = quality.probe_accuracy(rng.normal(size=(45, 16)), y, xt, yt, 3)
+    noise = image_metrics.probe_accuracy(rng.normal(size=(45, 16)), y, xt, yt, 3)
     assert noise < 0.8

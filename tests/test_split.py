@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from lymphaug import manifest
 from lymphaug.cli import main
-from lymphaug.config import SplitConfig
-from lymphaug.errors import DataError
+from lymphaug.common import manifest
+from lymphaug.common.config import SplitConfig
+from lymphaug.common.errors import DataError
 from lymphaug.split import assign_predefined, assign_splits, split_sizes
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as ss
 
-from lymphaug import stats
+from lymphaug.comparison import stats
 
 
 def test_bootstrap_ci_contains_mean_and_is_deterministic():

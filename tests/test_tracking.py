@@ -14,10 +14,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 from test_train_helpers import make_dataset, tiny_params
 
-from lymphaug import tracking
 from lymphaug.cli import main
-from lymphaug.config import MlflowConfig
-from lymphaug.paths import Layout
+from lymphaug.common import tracking
+from lymphaug.common.config import MlflowConfig
+from lymphaug.common.paths import Layout
 
 EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc"}
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from test_train_helpers import CLASSES, make_dataset, tiny_params
 
-from lymphaug import manifest
-from lymphaug.classifier.data import augment_batch, eval_tensor, load_splits
+from lymphaug.classifier.data import eval_tensor, load_splits, random_crops
 from lymphaug.classifier.evaluate import PREDICTION_COLUMNS, classification_metrics
 from lymphaug.classifier.loop import CHECKPOINT, TrainingError, fit
 from lymphaug.classifier.model import WeightsError, build_classifier, imagenet_weights
-from lymphaug.errors import DataError, LeakageError
+from lymphaug.common import manifest
+from lymphaug.common.errors import DataError, LeakageError
 from lymphaug.train import train_condition, write_outputs
 
 
@@ -76,7 +76,7 @@ def test_bf16_autocast_trains(base_splits, layout):
 def test_outputs_written(base_splits, layout, tmp_path):
     params = tiny_params(epochs=1)
     out = train_condition(params, base_splits, 0, layout.root)
-    from lymphaug.paths import Layout
+    from lymphaug.common.paths import Layout
 
     dest = Layout(tmp_path)
     files = write_outputs(out, params, dest, "base", 0)
@@ -191,9 +191,9 @@ def test_imagenet_weights_resolution_and_unknown_arch():
 
 def test_augment_is_seeded_and_shaped():
     imgs = [torch.randint(0, 255, (3, 48, 64), dtype=torch.uint8) for _ in range(5)]
-    a = augment_batch(imgs, 32, torch.Generator().manual_seed(0))
-    b = augment_batch(imgs, 32, torch.Generator().manual_seed(0))
-    c = augment_batch(imgs, 32, torch.Generator().manual_seed(1))
+    a = random_crops(imgs, 32, torch.Generator().manual_seed(0))
+    b = random_crops(imgs, 32, torch.Generator().manual_seed(0))
+    c = random_crops(imgs, 32, torch.Generator().manual_seed(1))
     assert a.shape == (5, 3, 32, 32) and a.dtype == torch.uint8
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert eval_tensor(imgs, 227).shape == (5, 3, 227, 227)

@@ -14,8 +14,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 from test_train_helpers import make_dataset, tiny_params
 
-from lymphaug import tracking
-from lymphaug.paths import Layout
+from lymphaug.common import tracking
+from lymphaug.common.paths import Layout
 
 
 def _setup(root):

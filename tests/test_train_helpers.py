@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lymphaug import manifest
-from lymphaug.config import parse_params
-from lymphaug.images import png_bytes, save_png
-from lymphaug.paths import Layout
+from lymphaug.common import manifest
+from lymphaug.common.config import parse_params
+from lymphaug.common.images import png_bytes, save_png
+from lymphaug.common.paths import Layout
 
 CLASSES = ["CLL", "FL", "MCL"]
 TINT = {"CLL": (200, 80, 160), "FL": (120, 60, 200), "MCL": (220, 140, 120)}

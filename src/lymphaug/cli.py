@@ -12,9 +12,9 @@ import importlib
 import sys
 from pathlib import Path
 
-from lymphaug.config import load_params
-from lymphaug.errors import LymphaugError
-from lymphaug.paths import Layout
+from lymphaug.common.config import CONDITIONS, load_params
+from lymphaug.common.errors import LymphaugError
+from lymphaug.common.paths import Layout
 
 # stage name -> (module, one-line help). Order = pipeline order.
 STAGES: dict[str, tuple[str, str]] = {
@@ -78,7 +78,7 @@ def _light(name: str) -> bool:
 def _add_known_arguments(name: str, p: argparse.ArgumentParser) -> None:
     """Arguments of heavy stages, declared here so --help does not import torch."""
     if name == "train":
-        p.add_argument("--condition", required=True, choices=["base", "dct", "synthetic"])
+        p.add_argument("--condition", required=True, choices=CONDITIONS)
         p.add_argument("--seed", required=True, type=int)
         p.add_argument("--no-resume", action="store_true", help="ignore an earlier checkpoint")
     if name in ("finetune", "generate"):

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lymphaug import plots, results, stats
-from lymphaug.config import CompareConfig, Params
-from lymphaug.errors import LymphaugError
-from lymphaug.fsutil import atomic_path, write_text_atomic
-from lymphaug.paths import Layout
-from lymphaug.results import RunResult
+from lymphaug.common.config import CONDITIONS, CompareConfig, Params
+from lymphaug.common.errors import LymphaugError
+from lymphaug.common.files import atomic_path, write_text_atomic
+from lymphaug.common.paths import Layout
+from lymphaug.comparison import figures, results, stats
+from lymphaug.comparison.results import RunResult
 
 METRICS = ("accuracy", "macro_f1")
 PLOTS_DIR = "compare"  # reports/compare/
@@ -171,19 +171,26 @@ def val_curve_table(runs: dict[str, list[RunResult]]) -> pd.DataFrame:
     return df.reset_index()
 
 
-def write_plots(runs, a: Analysis, folder: Path) -> None:
-    plots.val_accuracy_plot(runs, folder / "val_accuracy.png")
+def write_plots(runs, a: Analysis, folder: Path, layout: Layout) -> None:
+    figures.val_accuracy_plot(runs, folder / "val_accuracy.png")
     acc = {c: a.summaries[c]["accuracy"] for c in a.conditions}
-    plots.test_accuracy_plot(runs, acc, folder / "test_accuracy.png", a.alpha)
-    plots.confusion_plot(a.confusion, a.classes, folder / "confusion_matrices.png", len(a.seeds))
+    figures.test_accuracy_plot(runs, acc, folder / "test_accuracy.png", a.alpha)
+    figures.confusion_plot(a.confusion, a.classes, folder / "confusion_matrices.png", len(a.seeds))
     val_curve_table(runs).to_csv(folder / "val_accuracy.csv", index=False, lineterminator="\n")
+    # the data of dvc.yaml's top-level plots: every run's curves, predictions per condition
+    curves = results.curves_table(layout, list(runs), list(a.seeds))
+    curves.to_csv(folder / "curves.csv", index=False, lineterminator="\n", float_format="%.6f")
+    (folder / "predictions").mkdir()
+    for condition, condition_runs in runs.items():
+        table = results.pooled_predictions(condition_runs, a.classes)
+        table.to_csv(folder / "predictions" / f"{condition}.csv", index=False, lineterminator="\n")
 
 
 def _thumb(path: Path, size: int = 120) -> np.ndarray:
     """A small copy for the nearest-pairs sheet (drawing full-size images is slow)."""
     from PIL import Image
 
-    from lymphaug.images import read_rgb
+    from lymphaug.common.images import read_rgb
 
     img = Image.fromarray(read_rgb(path))
     img.thumbnail((size, size), Image.Resampling.BILINEAR)
@@ -194,21 +201,21 @@ def quality_plots(q, folder: Path) -> None:
     """The closest synthetic/training pairs. Real vs synthetic per class is the generate
     stage's contact sheet (reports/synthetic_contact_sheet.png), which the report embeds."""
     pairs = [(_thumb(s), _thumb(r), cap) for s, r, cap in q.closest]
-    plots.pairs_sheet(pairs, folder / "nearest_pairs.png")
+    figures.pairs_sheet(pairs, folder / "nearest_pairs.png")
     q.distances.to_csv(folder / "nearest_training.csv", index=False, lineterminator="\n")
 
 
 def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
     """Everything but the MLflow logging: read, analyse, write report, plots, metrics."""
-    from lymphaug import report
+    from lymphaug.comparison import report
 
     cfg = params.compare
     classes = list(params.classes)
-    runs = results.read_all(layout, list(results.CONDITIONS), list(params.train.seeds), classes)
+    runs = results.read_all(layout, list(CONDITIONS), list(params.train.seeds), classes)
     a = analyse(runs, classes, cfg)
     q, q_skipped = None, ""
     try:
-        from lymphaug.synthetic_quality import assess
+        from lymphaug.comparison.synthetic_quality import assess
 
         q = assess(params, layout)
     except LymphaugError as err:
@@ -216,12 +223,14 @@ def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
     plot_dir = layout.reports / PLOTS_DIR
     with atomic_path(plot_dir) as tmp:
         tmp.mkdir(parents=True)
-        write_plots(runs, a, tmp)
+        write_plots(runs, a, tmp, layout)
         if q is not None:
             quality_plots(q, tmp)
         else:  # every declared output exists, saying why it is empty
             for name in QUALITY_PLOTS:
-                plots.placeholder(tmp / name, f"Synthetic-image quality not assessed: {q_skipped}")
+                figures.placeholder(
+                    tmp / name, f"Synthetic-image quality not assessed: {q_skipped}"
+                )
             (tmp / "nearest_training.csv").write_text(
                 "synthetic,class,nearest_training,cosine_distance,near_copy\n"
             )
@@ -245,10 +254,10 @@ def log_to_parent(client, parent: str, layout: Layout, metrics: dict) -> None:
 
 
 def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) -> int:
-    from lymphaug import tracking
+    from lymphaug.common import tracking
 
     # cheap checks first: missing runs or mismatched test sets fail before anything else
-    results.read_all(layout, list(results.CONDITIONS), list(params.train.seeds),
+    results.read_all(layout, list(CONDITIONS), list(params.train.seeds),
                      list(params.classes))  # fmt: skip
     client, exp_id = tracking.setup(params.mlflow, layout.root)  # fails fast if down
     a, metrics = produce(params, layout)

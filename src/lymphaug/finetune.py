@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from lymphaug.config import FinetuneConfig, Params
-from lymphaug.errors import ConfigError, DataError
-from lymphaug.fsutil import atomic_path, remove, short_digest
-from lymphaug.images import read_rgb
-from lymphaug.manifest import RAW_COLUMNS, SPLIT_COLUMNS, assert_train_only, read_table
-from lymphaug.paths import Layout
+from lymphaug.common.config import FinetuneConfig, Params
+from lymphaug.common.errors import ConfigError, DataError
+from lymphaug.common.files import atomic_path, remove
+from lymphaug.common.images import read_rgb
+from lymphaug.common.manifest import RAW_COLUMNS, SPLIT_COLUMNS, assert_train_only, read_table
+from lymphaug.common.paths import Layout
 
 # settings that change where checkpoints are written or how often we look, not the result
 _NOT_HASHED = {"checkpoint_every", "checkpoints_total_limit", "validation_every"}
@@ -41,7 +41,7 @@ def training_rows(split: pd.DataFrame, classes: list[str], prompts: dict[str, st
     return train.reset_index(drop=True)
 
 
-def work_hash(cfg: FinetuneConfig, classes: list[str], train: pd.DataFrame, raw: Path) -> str:
+def finetune_identity(cfg: FinetuneConfig, classes: list[str], train: pd.DataFrame, raw: Path):
     """Identify a fine-tune by its result-relevant settings and its exact training images."""
     settings = {k: v for k, v in cfg.model_dump().items() if k not in _NOT_HASHED}
     sha = {}
@@ -50,7 +50,7 @@ def work_hash(cfg: FinetuneConfig, classes: list[str], train: pd.DataFrame, raw:
         df = read_table(manifest, RAW_COLUMNS)
         sha = dict(zip(df["path"], df["sha256"], strict=True))
     items = [(p, c, sha.get(p, "")) for p, c in zip(train["path"], train["class"], strict=True)]
-    return short_digest([settings, classes, items])
+    return [settings, classes, items]
 
 
 def load_training_data(train: pd.DataFrame, raw: Path, classes: list[str], prompts):
@@ -82,7 +82,9 @@ def finetune(
     cfg = params.finetune
     split = read_table(layout.split_csv, SPLIT_COLUMNS)
     train = training_rows(split, params.classes, cfg.prompts)
-    work_dir = layout.work / "finetune" / work_hash(cfg, params.classes, train, layout.raw)
+    work_dir = layout.work_dir(
+        "finetune", finetune_identity(cfg, params.classes, train, layout.raw)
+    )
     if not resume:
         remove(work_dir)
     data = load_training_data(train, layout.raw, params.classes, cfg.prompts)
@@ -158,7 +160,7 @@ def _save(pipe, layout: Layout, info, result, main: bool):
 def run(params: Params, layout: Layout, args) -> int:
     start = time.perf_counter()
     resume_from = getattr(args, "resume_from", None)
-    from lymphaug.diffusion.training import cpu_threads
+    from lymphaug.diffusion.loading import cpu_threads
 
     with cpu_threads(params.finetune.base_model):
         result, info = finetune(

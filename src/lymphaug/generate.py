@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from lymphaug.config import GenerateConfig, Params
-from lymphaug.errors import ConfigError, DataError
-from lymphaug.fsutil import atomic_path, remove, short_digest, write_bytes_atomic
-from lymphaug.images import png_bytes, read_rgb
-from lymphaug.manifest import (
+from lymphaug.common.config import GenerateConfig, Params
+from lymphaug.common.errors import ConfigError, DataError
+from lymphaug.common.files import atomic_path, remove, write_bytes_atomic
+from lymphaug.common.images import png_bytes, read_rgb, to_uint8
+from lymphaug.common.manifest import (
     RAW_COLUMNS,
     SPLIT_COLUMNS,
     SYNTHETIC_COLUMNS,
@@ -31,7 +31,7 @@ from lymphaug.manifest import (
     read_table,
     write_table,
 )
-from lymphaug.paths import Layout
+from lymphaug.common.paths import Layout
 
 SHEET = "synthetic_contact_sheet.png"
 
@@ -65,7 +65,7 @@ def plan(
     cfg: GenerateConfig, classes: list[str], prompts: dict[str, str], sources: dict[str, list[str]]
 ) -> list[Job]:
     """Every image to make, in order; img2img cycles through the class's training images."""
-    from lymphaug.diffusion.sampling import image_seed
+    from lymphaug.diffusion.seeding import image_seed
 
     missing = [c for c in classes if not prompts.get(c, "").strip()]
     if missing:
@@ -88,10 +88,10 @@ def plan(
     return jobs
 
 
-def work_hash(cfg: GenerateConfig, fingerprint: str, size, jobs: list[Job]) -> str:
+def generation_identity(cfg: GenerateConfig, fingerprint: str, size, jobs: list[Job]) -> list:
     """Identify a generation by what determines its pixels (not batch size or sheet layout)."""
     settings = cfg.model_dump(exclude={"batch_size", "contact_sheet_per_class"})
-    return short_digest([settings, fingerprint, list(size), [asdict(j) for j in jobs]])
+    return [settings, fingerprint, list(size), [asdict(j) for j in jobs]]
 
 
 def generate_images(
@@ -113,7 +113,7 @@ def generate_images(
     import torch
     from tqdm.auto import tqdm
 
-    from lymphaug.diffusion.sampling import make_scheduler, resize, to_uint8
+    from lymphaug.diffusion.sampling import make_scheduler, resize
 
     todo = [j for j in jobs if not (out_dir / j.rel).is_file()]
     if not todo:
@@ -154,7 +154,7 @@ def generate_images(
             else:
                 kwargs.update(height=resolution, width=resolution)
             with torch.inference_mode():
-                images = to_uint8(runner(**kwargs).images)
+                images = to_uint8(runner(**kwargs).images * 255.0)
             for job, img in zip(part, images, strict=True):
                 write_bytes_atomic(out_dir / job.rel, png_bytes(resize(img, *size)))
                 made += 1
@@ -194,14 +194,14 @@ def publish(work_images: Path, jobs: list[Job], cfg: GenerateConfig, target: Pat
 
 
 def contact_sheet_image(layout: Layout, train: pd.DataFrame, classes: list[str], k: int):
-    from lymphaug.diffusion.sampling import contact_sheet
+    from lymphaug.diffusion.sampling import real_vs_synthetic_sheet
 
     syn = read_table(layout.synthetic / "manifest.csv", SYNTHETIC_COLUMNS)
     real, fake = {}, {}
     for cls in classes:
         real[cls] = [read_rgb(layout.raw / p) for p in train[train["class"] == cls]["path"][:k]]
         fake[cls] = [read_rgb(layout.synthetic / p) for p in syn[syn["class"] == cls]["path"][:k]]
-    return contact_sheet(real, fake)
+    return real_vs_synthetic_sheet(real, fake)
 
 
 def generate(
@@ -239,7 +239,7 @@ def _generate(params, layout, resume, on_image, device, run_id) -> dict:
     assert_train_only(train["path"], split, "generate")
     sources = {c: list(train[train["class"] == c]["path"]) for c in params.classes}
     jobs = plan(cfg, params.classes, info.prompts, sources)
-    work = layout.work / "generate" / work_hash(cfg, info.fingerprint, size, jobs)
+    work = layout.work_dir("generate", generation_identity(cfg, info.fingerprint, size, jobs))
     if not resume:
         remove(work)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -269,7 +269,7 @@ def _generate(params, layout, resume, on_image, device, run_id) -> dict:
 
 
 def run(params: Params, layout: Layout, args) -> int:
-    from lymphaug.diffusion.training import cpu_threads
+    from lymphaug.diffusion.loading import cpu_threads
 
     with cpu_threads(_base_of(layout)):
         s = generate(params, layout, resume=not getattr(args, "no_resume", False))

@@ -39,12 +39,12 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from lymphaug import manifest
-from lymphaug.config import IngestConfig, Params
-from lymphaug.errors import DataError, LymphaugError
-from lymphaug.fsutil import atomic_path, sha256_bytes
-from lymphaug.images import decode_rgb, png_bytes
-from lymphaug.paths import Layout
+from lymphaug.common import manifest
+from lymphaug.common.config import IngestConfig, Params
+from lymphaug.common.errors import DataError, LymphaugError
+from lymphaug.common.files import atomic_path, sha256_bytes
+from lymphaug.common.images import decode_rgb, png_bytes
+from lymphaug.common.paths import Layout
 from lymphaug.sources import archive as archive_src
 from lymphaug.sources import mat as mat_src
 from lymphaug.sources.folder import find_class_root, output_names, scan_class_folders

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from lymphaug.config import parse_params
-from lymphaug.errors import ConfigError
-from lymphaug.fsutil import write_text_atomic
+from lymphaug.common.config import parse_params
+from lymphaug.common.errors import ConfigError
+from lymphaug.common.files import write_text_atomic
 
 PROFILES_DIR = Path("profiles")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lymphaug.errors import LymphaugError
+from lymphaug.common.errors import LymphaugError
 
 
 class RemoteError(LymphaugError):

@@ -26,10 +26,10 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from lymphaug import manifest
-from lymphaug.config import Params, SplitConfig
-from lymphaug.errors import DataError
-from lymphaug.paths import Layout
+from lymphaug.common import manifest
+from lymphaug.common.config import Params, SplitConfig
+from lymphaug.common.errors import DataError
+from lymphaug.common.paths import Layout
 
 
 def _round_half_up(x: float) -> int:

@@ -28,10 +28,10 @@ from lymphaug.classifier.data import Splits, load_splits
 from lymphaug.classifier.evaluate import confusion_png, curves_png, evaluate
 from lymphaug.classifier.loop import FitResult, fit, restore_best, set_determinism
 from lymphaug.classifier.model import Classifier, build_classifier
-from lymphaug.config import Params
-from lymphaug.errors import LymphaugError
-from lymphaug.fsutil import atomic_path, remove, sha256_file, short_digest, write_text_atomic
-from lymphaug.paths import Layout
+from lymphaug.common.config import Params
+from lymphaug.common.errors import LymphaugError
+from lymphaug.common.files import atomic_path, remove, sha256_file, write_text_atomic
+from lymphaug.common.paths import Layout
 
 
 @dataclass
@@ -102,21 +102,19 @@ def data_digests(layout: Layout, condition: str, params: Params) -> dict[str, tu
     if condition == "dct":
         files["dct"] = layout.dct / "manifest.csv"
     elif condition == "synthetic":
-        folder = Path(params.train.synthetic_dir)
-        files["synthetic"] = (
-            folder if folder.is_absolute() else layout.root / folder
-        ) / "manifest.csv"
+        synthetic = layout.synthetic_training_dir(params.train.synthetic_dir)
+        files["synthetic"] = synthetic / "manifest.csv"
     return {k: (p, sha256_file(p)) for k, p in files.items() if p.is_file()}
 
 
-def work_hash(params: Params, condition: str, seed: int, digests: dict[str, str]) -> str:
-    """Hash of everything that changes a run's result: a new hash starts fresh."""
+def run_identity(params: Params, condition: str, seed: int, digests: dict[str, str]) -> list:
+    """Everything that changes a run's result (its work folder's name): a change starts fresh."""
     cfg = params.train.model_dump(exclude={"seeds", "device", "num_threads"})
     if condition != "dct":
         cfg.pop("dct_methods")
     if condition != "synthetic":
         cfg.pop("synthetic_dir")
-    return short_digest([cfg, params.classes, condition, seed, digests])
+    return [cfg, params.classes, condition, seed, digests]
 
 
 def write_outputs(outcome: Outcome, params: Params, layout: Layout, condition: str, seed: int):
@@ -171,8 +169,12 @@ def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
         set_determinism(params.train.num_threads)
         splits = load_splits(args.condition, params, layout)
         digests = {k: d for k, (_, d) in data_digests(layout, args.condition, params).items()}
-        work = layout.work / "train" / args.condition / f"seed_{args.seed}"
-        work = work / work_hash(params, args.condition, args.seed, digests)
+        work = layout.work_dir(
+            "train",
+            run_identity(params, args.condition, args.seed, digests),
+            args.condition,
+            f"seed_{args.seed}",
+        )
         train_condition(params, splits, args.seed, layout.root, work, not args.no_resume)
         return 0
     finally:
@@ -197,8 +199,8 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
     try:
         splits = load_splits(condition, params, layout)
         digests = data_digests(layout, condition, params)
-        work = layout.work / "train" / condition / f"seed_{seed}"
-        work = work / work_hash(params, condition, seed, {k: d for k, (_, d) in digests.items()})
+        identity = run_identity(params, condition, seed, {k: d for k, (_, d) in digests.items()})
+        work = layout.work_dir("train", identity, condition, f"seed_{seed}")
         manifests = {}
         for name, df in splits.manifests.items():
             path = digests.get("split" if name in ("train", "val", "test") else name)

@@ -22,15 +22,14 @@ import torch
 from torchvision.transforms.v2 import functional as F
 from tqdm import tqdm
 
-from lymphaug import manifest
-from lymphaug.config import Params
-from lymphaug.errors import DataError
-from lymphaug.images import read_rgb
-from lymphaug.paths import Layout
+from lymphaug.common import manifest
+from lymphaug.common.config import CONDITIONS, Params
+from lymphaug.common.errors import DataError
+from lymphaug.common.images import read_rgb
+from lymphaug.common.paths import Layout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CONDITIONS = ("base", "dct", "synthetic")
 
 
 @dataclass
@@ -86,8 +85,7 @@ def extra_training_rows(
     if condition == "dct":
         folder, columns = layout.dct, manifest.DCT_COLUMNS
     elif condition == "synthetic":
-        folder = Path(params.train.synthetic_dir)
-        folder = folder if folder.is_absolute() else layout.root / folder
+        folder = layout.synthetic_training_dir(params.train.synthetic_dir)
         columns = manifest.SYNTHETIC_COLUMNS
     else:
         raise DataError(f"unknown condition {condition!r}; expected one of {CONDITIONS}")
@@ -184,7 +182,7 @@ def _crop_params(h: int, w: int, gen: torch.Generator, scale=(0.8, 1.0), ratio=(
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def augment_batch(
+def random_crops(
     images: list[torch.Tensor], size: int, gen: torch.Generator, vflip: bool = True
 ) -> torch.Tensor:
     """Per-image RandomResizedCrop(size, scale 0.8-1.0) + flips, on uint8 tensors."""

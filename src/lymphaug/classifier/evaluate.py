@@ -15,6 +15,7 @@ import torch
 
 from lymphaug.classifier.data import ImageSet, eval_tensor, normalize
 from lymphaug.classifier.model import Classifier
+from lymphaug.common.metrics import confusion_matrix, macro_f1, per_class_scores
 
 PREDICTION_COLUMNS = ["path", "class", "label", "predicted", "predicted_class"]  # + prob_<class>
 
@@ -37,26 +38,20 @@ def predict_proba(
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
-    n = len(classes)
-    cm = np.zeros((n, n), dtype=int)
-    np.add.at(cm, (y_true, y_pred), 1)
-    per_class = {}
-    f1s = []
-    for i, c in enumerate(classes):
-        tp = cm[i, i]
-        prec = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
-        rec = tp / cm[i, :].sum() if cm[i, :].sum() else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        f1s.append(f1)
-        per_class[c] = {
-            "precision": float(prec),
-            "recall": float(rec),
-            "f1": float(f1),
-            "support": int(cm[i, :].sum()),
+    cm = confusion_matrix(y_true, y_pred, len(classes))
+    scores = per_class_scores(cm)
+    per_class = {
+        c: {
+            "precision": float(scores["precision"][i]),
+            "recall": float(scores["recall"][i]),
+            "f1": float(scores["f1"][i]),
+            "support": int(scores["support"][i]),
         }
+        for i, c in enumerate(classes)
+    }
     return {
         "accuracy": float(np.trace(cm) / cm.sum()) if cm.sum() else 0.0,
-        "macro_f1": float(np.mean(f1s)),
+        "macro_f1": macro_f1(cm),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }

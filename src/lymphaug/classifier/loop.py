@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as nnf
 from tqdm import tqdm
 
-from lymphaug.classifier.data import ImageSet, augment_batch, eval_tensor, normalize
+from lymphaug.classifier.data import ImageSet, eval_tensor, normalize, random_crops
 from lymphaug.classifier.model import Classifier
-from lymphaug.config import TrainConfig
-from lymphaug.errors import LymphaugError
-from lymphaug.fsutil import atomic_path
+from lymphaug.common.config import TrainConfig
+from lymphaug.common.errors import LymphaugError
+from lymphaug.common.files import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -156,7 +156,7 @@ def _train_epoch(model, opt, data: ImageSet, cfg: TrainConfig, gen, epoch: int, 
                leave=False)  # fmt: skip
     for start in bar:
         batch_idx = order[start : start + cfg.batch_size]
-        crops = augment_batch([data.images[i] for i in batch_idx], cfg.input_size, gen, cfg.vflip)
+        crops = random_crops([data.images[i] for i in batch_idx], cfg.input_size, gen, cfg.vflip)
         idx = batch_idx[rank::world_size]
         x = normalize(crops[rank::world_size]).to(dev, non_blocking=True)
         y = data.labels[idx].to(dev)

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lymphaug import tracking
-from lymphaug.config import Params
-from lymphaug.paths import Layout
+from lymphaug.common import tracking
+from lymphaug.common.config import Params
+from lymphaug.common.paths import Layout
 
 
 def run_name(condition: str, seed: int) -> str:

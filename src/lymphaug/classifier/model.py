@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lymphaug.errors import LymphaugError
+from lymphaug.common.errors import LymphaugError
 
 
 class WeightsError(LymphaugError):

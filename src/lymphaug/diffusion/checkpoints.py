@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from lymphaug.config import FinetuneConfig
-from lymphaug.errors import LymphaugError
-from lymphaug.fsutil import atomic_path, remove
+from lymphaug.common.config import FinetuneConfig
+from lymphaug.common.errors import LymphaugError
+from lymphaug.common.files import atomic_path, remove
 
 
 class CheckpointError(LymphaugError):

@@ -1,9 +1,12 @@
-"""Sampling helpers: schedulers by name, per-image seeds, picture grids and contact sheets."""
+"""Sampling helpers: schedulers by name, picture grids, the real-vs-synthetic sheet."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from lymphaug.common.images import to_uint8
+from lymphaug.diffusion.seeding import step_generator
 
 SCHEDULERS = ("dpmsolver++", "ddpm", "pndm", "euler")
 VALIDATION_STEPS = 20
@@ -29,17 +32,6 @@ def make_scheduler(name: str, config):
     raise ValueError(f"unknown scheduler {name!r}; expected one of {SCHEDULERS}")
 
 
-def image_seed(seed: int, class_index: int, index: int) -> int:
-    """The seed of one synthetic image: independent of batch size and of the other images."""
-    state = np.random.SeedSequence([seed, class_index, index]).generate_state(1, dtype=np.uint32)
-    return int(state[0])
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Pipeline float output in [0, 1] -> uint8."""
-    return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
-
-
 def resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
     if array.shape[1] == width and array.shape[0] == height:
         return array
@@ -57,7 +49,7 @@ def grid(rows: list[list[np.ndarray]], pad: int = 2) -> Image.Image:
     return sheet
 
 
-def contact_sheet(
+def real_vs_synthetic_sheet(
     real: dict[str, list[np.ndarray]], synthetic: dict[str, list[np.ndarray]], thumb: int = 96
 ) -> Image.Image:
     """One row per class: real training images on the left, synthetic ones on the right."""
@@ -91,8 +83,6 @@ def validation_grid(pipe, prompts: list[str], seed: int, per_class: int = 2) -> 
     """``per_class`` samples per prompt (rows: classes), fixed seeds, DPM-Solver++."""
     from diffusers import DPMSolverMultistepScheduler
 
-    from lymphaug.diffusion.training import step_generator
-
     original = pipe.scheduler
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config)
     rows = []
@@ -108,7 +98,7 @@ def validation_grid(pipe, prompts: list[str], seed: int, per_class: int = 2) -> 
                 height=pipe.unet.config.sample_size * pipe.vae_scale_factor,
                 width=pipe.unet.config.sample_size * pipe.vae_scale_factor,
             ).images
-            rows.append([np.clip(np.rint(x * 255), 0, 255).astype(np.uint8) for x in out])
+            rows.append([to_uint8(x * 255.0) for x in out])
     finally:
         pipe.scheduler = original
     return grid(rows)

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lymphaug import tracking
-from lymphaug.config import Params
+from lymphaug.common import tracking
+from lymphaug.common.config import Params
 
 
 def flat_params(prefix: str, section) -> dict[str, str]:

@@ -14,8 +14,8 @@ under fp16/bf16 autocast) with two project-specific choices:
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,13 +24,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lymphaug.config import FinetuneConfig
+from lymphaug.common.config import FinetuneConfig
+from lymphaug.common.errors import LymphaugError
 from lymphaug.diffusion.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from lymphaug.errors import LymphaugError
+from lymphaug.diffusion.sampling import validation_grid
+from lymphaug.diffusion.seeding import step_generator
 
 MAX_GRAD_NORM = 1.0
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -68,23 +70,6 @@ def make_accelerator(cfg: FinetuneConfig):
     return Accelerator(mixed_precision=mp)
 
 
-@contextmanager
-def cpu_threads(base_model: str) -> Iterator[None]:
-    """One intra-op thread for the tiny model on a CPU, restored afterwards.
-
-    Its kernels are too small to split across threads; on a shared 2-core machine extra
-    threads only spin against each other (measured: 0.08 s/step with one thread, 0.2-12 s
-    with two under load). Real models keep torch's default.
-    """
-    before = torch.get_num_threads()
-    if base_model == "tiny" and not torch.cuda.is_available():
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def resize_shorter(image: np.ndarray, resolution: int) -> torch.Tensor:
     """Scale so the shorter side is ``resolution`` (bicubic); CxHxW uint8 tensor."""
     h, w = image.shape[:2]
@@ -92,12 +77,6 @@ def resize_shorter(image: np.ndarray, resolution: int) -> torch.Tensor:
     size = (max(resolution, round(w * s)), max(resolution, round(h * s)))
     img = Image.fromarray(image).resize(size, Image.BICUBIC)
     return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
-
-
-def step_generator(seed: int, *parts: int) -> torch.Generator:
-    """A CPU generator that depends only on ``seed`` and ``parts`` (step, micro, process)."""
-    state = np.random.SeedSequence([seed, *parts]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] % (2**63)))
 
 
 class Sampler:
@@ -349,8 +328,6 @@ def _validate(pipe, accelerator, model, ema, params, data, cfg) -> Image.Image:
                 accelerator.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
             ),
         ):
-            from lymphaug.diffusion.sampling import validation_grid
-
             return validation_grid(pipe, data.prompts, cfg.seed)
     finally:
         pipe.unet = original

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from lymphaug.errors import DataError
-from lymphaug.fsutil import remove, sha256_file
+from lymphaug.common.errors import DataError
+from lymphaug.common.files import remove, sha256_file
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60

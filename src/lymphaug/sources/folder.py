@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lymphaug.errors import DataError
+from lymphaug.common.errors import DataError
 
 IGNORED_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 

@@ -31,8 +31,8 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
-from lymphaug.errors import DataError
-from lymphaug.images import to_rgb8
+from lymphaug.common.errors import DataError
+from lymphaug.common.images import to_rgb8
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lymphaug.common.files import short_digest
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -52,6 +54,12 @@ class Layout:
         """data/synthetic/<class>/*.png plus manifest.csv (generate)."""
         return self.root / "data" / "synthetic"
 
+    def synthetic_training_dir(self, configured: str) -> Path:
+        """The synthetic images the ``synthetic`` condition trains on (``train.synthetic_dir``):
+        relative to the repository root unless absolute (default: :attr:`synthetic`)."""
+        folder = Path(configured)
+        return folder if folder.is_absolute() else self.root / folder
+
     def classifier(self, condition: str, seed: int) -> Path:
         """models/<condition>/seed_<n>/ (train)."""
         return self.root / "models" / condition / f"seed_{seed}"
@@ -73,3 +81,11 @@ class Layout:
     def work(self) -> Path:
         """Resumable in-progress state (git- and DVC-ignored; DVC deletes outs before a rerun)."""
         return self.root / "work"
+
+    def work_dir(self, stage: str, identity: object, *subfolders: str) -> Path:
+        """``work/<stage>/<subfolders>/<digest of identity>``: a long stage's resumable state.
+
+        ``identity`` is everything that changes the stage's result (JSON-able); other
+        settings resume the same work, a change to it starts afresh in a new folder.
+        """
+        return self.work.joinpath(stage, *subfolders, short_digest(identity))

@@ -234,10 +234,11 @@ def compare_paired(
     )
 
 
-def _p(value: float | None) -> str:
+def format_p(value: float | None) -> str:
+    """A p-value as the report prints it everywhere (table and verdict alike)."""
     if value is None:
         return "n/a"
-    return f"{value:.2g}" if value >= 0.001 else "<0.001"
+    return f"{value:.3g}" if value >= 0.001 else "<0.001"
 
 
 def verdict(comp: Comparison, mc: McNemar | None, alpha: float, n_test_images: int) -> str:
@@ -252,9 +253,9 @@ def verdict(comp: Comparison, mc: McNemar | None, alpha: float, n_test_images: i
         ci = ci.replace("95%", f"{100 * (1 - alpha):g}%")
     size = f"{pts:+.1f} points"
     design = f"{comp.n_seeds} seed{'s' if comp.n_seeds != 1 else ''} x {n_test_images} test images"
-    ps = [f"paired t p={_p(comp.t.p)}", f"Wilcoxon p={_p(comp.wilcoxon.p)}"]
+    ps = [f"paired t p={format_p(comp.t.p)}", f"Wilcoxon p={format_p(comp.wilcoxon.p)}"]
     if mc is not None:
-        ps.append(f"McNemar p={_p(mc.p)}")
+        ps.append(f"McNemar p={format_p(mc.p)}")
     detail = f"({'; '.join([', '.join(ps), design])})"
     if comp.n_seeds < 2:
         return (

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lymphaug import manifest, quality
-from lymphaug.config import Params
-from lymphaug.features import Extractor, choose
-from lymphaug.paths import Layout
+from lymphaug.common import manifest
+from lymphaug.common.config import Params
+from lymphaug.common.paths import Layout
+from lymphaug.comparison import image_metrics
+from lymphaug.comparison.features import Extractor, choose
 
 KID_SUBSETS = 100
 
@@ -60,23 +61,18 @@ class QualityReport:
     closest: list[tuple[Path, Path, str]] = field(default_factory=list)  # for the sheet
 
 
-def synthetic_folder(params: Params, layout: Layout) -> Path:
-    folder = Path(params.train.synthetic_dir)
-    return folder if folder.is_absolute() else layout.root / folder
-
-
 def _fid_kid(a: np.ndarray, b: np.ndarray, seed: int):
     if len(a) < 2 or len(b) < 2:
         return None, None, None, None
-    k, ks, m = quality.kid(a, b, KID_SUBSETS, min(len(a), len(b)), seed)
-    return quality.fid(a, b), k, ks, m
+    k, ks, m = image_metrics.kid(a, b, KID_SUBSETS, min(len(a), len(b)), seed)
+    return image_metrics.fid(a, b), k, ks, m
 
 
 def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -> QualityReport:
     """Compute every quality number; raises DataError when an input is unusable."""
     cfg = params.compare
     classes = list(params.classes)
-    folder = synthetic_folder(params, layout)
+    folder = layout.synthetic_training_dir(params.train.synthetic_dir)
     synth = manifest.read_table(folder / "manifest.csv", manifest.SYNTHETIC_COLUMNS)
     split = manifest.read_table(layout.split_csv, manifest.SPLIT_COLUMNS)
     manifest.assert_train_only([s for s in synth["source"] if s], split, "compare (TSTR probe)")
@@ -118,10 +114,10 @@ def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -
 
     tstr = trtr = float("nan")
     if len(np.unique(y_syn)) >= 2:
-        tstr = quality.probe_accuracy(f_syn, y_syn, f_te, y_te, len(classes))
-    trtr = quality.probe_accuracy(f_tr, y_tr, f_te, y_te, len(classes))
+        tstr = image_metrics.probe_accuracy(f_syn, y_syn, f_te, y_te, len(classes))
+    trtr = image_metrics.probe_accuracy(f_tr, y_tr, f_te, y_te, len(classes))
 
-    nn = quality.nearest_training(f_syn, f_tr) if len(f_syn) else []
+    nn = image_metrics.nearest_training(f_syn, f_tr) if len(f_syn) else []
     train_paths = list(by["train"]["path"])
     dist = pd.DataFrame(
         {
@@ -143,7 +139,7 @@ def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -
          f"{r.synthetic} (d={r.cosine_distance:.3f})")
         for r in order.itertuples()
     ]  # fmt: skip
-    loo = quality.real_nn_distances(f_tr) if len(f_tr) >= 2 else np.array([np.nan])
+    loo = image_metrics.real_nn_distances(f_tr) if len(f_tr) >= 2 else np.array([np.nan])
     return QualityReport(
         extractor.name, extractor.description, scale, rows, tstr, trtr, len(y_te), dist,
         float(np.median(loo)), cfg.near_copy_threshold, near, closest,

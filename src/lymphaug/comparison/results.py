@@ -23,10 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lymphaug.errors import DataError
-from lymphaug.paths import Layout
-
-CONDITIONS = ("base", "dct", "synthetic")
+from lymphaug.common.errors import DataError
+from lymphaug.common.metrics import confusion_matrix, macro_f1
+from lymphaug.common.paths import Layout
 
 
 @dataclass(frozen=True)
@@ -49,22 +48,10 @@ class RunResult:
         return float(self.correct.mean())
 
     def confusion(self, n_classes: int) -> np.ndarray:
-        cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-        np.add.at(cm, (self.labels, self.predicted), 1)
-        return cm
+        return confusion_matrix(self.labels, self.predicted, n_classes)
 
     def macro_f1(self, n_classes: int) -> float:
         return macro_f1(self.confusion(n_classes))
-
-
-def macro_f1(cm: np.ndarray) -> float:
-    """Unweighted mean of per-class F1; a class never predicted nor present scores 0."""
-    tp = np.diag(cm).astype(np.float64)
-    pred = cm.sum(0).astype(np.float64)
-    true = cm.sum(1).astype(np.float64)
-    denom = pred + true
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(f1.mean())
 
 
 def _as_index(values: pd.Series, classes: list[str], source: Path, column: str) -> np.ndarray:
@@ -135,6 +122,39 @@ def _read_history(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not {"epoch", "val_acc"} <= set(hist.columns):
         raise DataError(f"{path}: needs columns epoch and val_acc")
     return hist["epoch"].to_numpy(dtype=np.int64), hist["val_acc"].to_numpy(dtype=np.float64)
+
+
+def curves_table(layout: Layout, conditions: list[str], seeds: list[int]) -> pd.DataFrame:
+    """Every run's per-epoch history in one long table (``run`` = "<condition> seed <n>").
+
+    ``dvc plots`` draws it with one line per run, coloured by condition, for whatever
+    conditions and seeds params list (dvc.yaml names this one file, not every run's).
+    """
+    frames = []
+    for condition in conditions:
+        for seed in seeds:
+            path = layout.train_report(condition, seed) / "history.csv"
+            if not path.is_file():
+                continue
+            try:
+                hist = pd.read_csv(path)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+                raise DataError(f"{path}: not a readable CSV ({err})") from None
+            hist.insert(0, "run", f"{condition} seed {seed}")
+            hist.insert(1, "condition", condition)
+            hist.insert(2, "seed", seed)
+            frames.append(hist)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run"])
+
+
+def pooled_predictions(runs: list[RunResult], classes: list[str]) -> pd.DataFrame:
+    """One condition's test predictions over all its seeds: a confusion plot pools them."""
+    rows = [
+        {"seed": r.seed, "path": p, "class": classes[t], "predicted_class": classes[y]}
+        for r in runs
+        for p, t, y in zip(r.paths, r.labels, r.predicted, strict=True)
+    ]
+    return pd.DataFrame(rows, columns=["seed", "path", "class", "predicted_class"])
 
 
 def read_all(

@@ -11,21 +11,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from lymphaug import stats
-from lymphaug.config import Params
-from lymphaug.paths import Layout
+from lymphaug.common.config import Params
+from lymphaug.common.paths import Layout
+from lymphaug.comparison import stats
+from lymphaug.comparison.stats import format_p
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     return f"{100 * x:.{digits}f}"
-
-
-def _p(x: float | None) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x:.3g}" if x >= 0.001 else "<0.001"
 
 
 def _f(x: float | None, fmt: str = ".3g") -> str:
@@ -110,8 +105,8 @@ def render(a, q, q_skipped: str, params: Params, layout: Layout, plot_dir: Path)
             d, mc = comps["accuracy"], a.mcnemar[c]
             lines.append(
                 f"| {c} | {100 * d.diff.mean:+.1f} [{_pct(d.diff.ci_low)}, {_pct(d.diff.ci_high)}]"
-                f" | {_p(d.t.p)} | {_p(d.wilcoxon.p)} | {_f(d.dz, '.2f')} | {mc.b} / {mc.c} "
-                f"| {_p(mc.p)} ({mc.method}) | {_f(mc.odds_ratio, '.2f')} |"
+                f" | {format_p(d.t.p)} | {format_p(d.wilcoxon.p)} | {_f(d.dz, '.2f')} "
+                f"| {mc.b} / {mc.c} | {format_p(mc.p)} ({mc.method}) | {_f(mc.odds_ratio, '.2f')} |"
             )
         notes = sorted(
             {f"{c}: {x.note}" for c, comps in a.comparisons.items() for x in

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lymphaug.errors import DataError
+from lymphaug.common.errors import DataError
 
 
 def to_rgb8(img: Image.Image) -> Image.Image:
@@ -53,6 +53,16 @@ def read_rgb(path: str | Path) -> np.ndarray:
         return decode_rgb(path)
     except DataError as err:
         raise DataError(f"{path}: {err}") from None
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Float pixel values on the 0..255 scale -> uint8: rounded, then clipped.
+
+    Out-of-range values saturate instead of wrapping (the reference study's uint8 cast
+    turned them into speckle). Rounds in place to spare a copy of a large batch, so
+    callers pass a temporary (e.g. ``to_uint8(images * 255.0)``).
+    """
+    return np.clip(np.rint(pixels, out=pixels), 0, 255, out=pixels).astype(np.uint8)
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -18,8 +18,8 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-from lymphaug.config import MlflowConfig
-from lymphaug.errors import LymphaugError
+from lymphaug.common.config import MlflowConfig
+from lymphaug.common.errors import LymphaugError
 
 PIPELINE_KEY_TAG = "lymphaug.pipeline_key"
 ROLE_TAG = "lymphaug.role"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lymphaug.errors import DataError, LeakageError
-from lymphaug.fsutil import atomic_path
+from lymphaug.common.errors import DataError, LeakageError
+from lymphaug.common.files import atomic_path
 
 RAW_COLUMNS = ["path", "class", "sha256", "width", "height", "source"]
 SPLIT_COLUMNS = ["path", "class", "split", "fold"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lymphaug.errors import DataError
-from lymphaug.paths import Layout
+from lymphaug.common.errors import DataError
+from lymphaug.common.paths import Layout
 
 IMAGENET = {  # extractor -> (torchvision arch, input size)
     "inception": ("inception_v3", 299),

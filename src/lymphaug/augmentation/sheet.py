@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from lymphaug import manifest
-from lymphaug.config import DctConfig
-from lymphaug.images import read_rgb
+from lymphaug.augmentation.dct import augmented_copies
+from lymphaug.common import manifest
+from lymphaug.common.config import DctConfig
+from lymphaug.common.images import read_rgb
 
 THUMB_WIDTH = 208  # half the real set's width
 LABEL_WIDTH = 150
@@ -36,12 +37,10 @@ def sheet_images(images: pd.DataFrame, per_class: int) -> pd.DataFrame:
     return ordered.groupby("class", sort=True).head(per_class).reset_index(drop=True)
 
 
-def contact_sheet(
+def dct_contact_sheet(
     raw_root, images: pd.DataFrame, split: pd.DataFrame, cfg: DctConfig
 ) -> np.ndarray:
     """An RGB uint8 array: original | method columns, one row per chosen training image."""
-    from lymphaug.dct import augment_batch  # avoid a cycle at import time
-
     chosen = sheet_images(images, cfg.contact_sheet_per_class)
     manifest.assert_train_only(chosen["path"], split, "dct contact sheet")
     columns = ["original", *cfg.methods]
@@ -50,7 +49,7 @@ def contact_sheet(
         original = read_rgb(raw_root / path)[None]
         row = [original[0]]
         for method in cfg.methods:
-            row.append(augment_batch(original, [path], method, cfg)[0][1][0])
+            row.append(augmented_copies(original, [path], method, cfg)[0][1][0])
         tiles.append(row)
     scale = THUMB_WIDTH / max(t[0].shape[1] for t in tiles) if tiles else 1.0
     thumb_h = max(round(t[0].shape[0] * scale) for t in tiles) if tiles else 0

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lymphaug.fsutil import atomic_path
-from lymphaug.results import RunResult
-from lymphaug.stats import Summary
+from lymphaug.common.files import atomic_path
+from lymphaug.comparison.results import RunResult
+from lymphaug.comparison.stats import Summary
 
 COLOURS = {"base": "#4d4d4d", "dct": "#1f77b4", "synthetic": "#d62728"}
 

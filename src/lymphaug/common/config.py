@@ -18,9 +18,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lymphaug.errors import ConfigError
+from lymphaug.common.errors import ConfigError
 
 DEFAULT_CLASSES = ["CLL", "FL", "MCL"]
+# The study's three training conditions: the training split alone, + DCT images, + synthetic.
+CONDITIONS = ("base", "dct", "synthetic")
 DEFAULT_PROMPTS = {
     "CLL": "microscopic image of chronic lymphocytic leukemia",
     "FL": "microscopic image of follicular lymphoma",

@@ -1,0 +1,9 @@
+"""Everything the ``compare`` stage computes and draws.
+
+- :mod:`.results`: reads the training stage's per-run outputs (its contract);
+- :mod:`.stats`: bootstrap CIs, paired t, Wilcoxon, McNemar, effect sizes, verdicts;
+- :mod:`.features`: the image feature extractor (ImageNet weights or the base classifier);
+- :mod:`.image_metrics`: FID, KID, nearest-neighbour distances, the linear probe;
+- :mod:`.synthetic_quality`: those metrics applied to the synthetic set;
+- :mod:`.figures`: the report's plots; :mod:`.report`: the markdown report.
+"""
