@@ -4,7 +4,7 @@ Why: pyproject.toml is the one source of truth for dependency pins. The image
 installs the dependencies in their own cached layer (before the source is copied)
 so a code change does not reinstall torch; this script is how that layer gets the
 exact specifiers without a second, drifting requirements file.
-tests/test_containers.py imports it to check the Dockerfile against pyproject.
+tests/project/test_containers.py imports it to check the Dockerfile against pyproject.
 
     python pyproject_requirements.py pyproject.toml --extra s3
     python pyproject_requirements.py pyproject.toml --only mlflow --extra server

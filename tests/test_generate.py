@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from diffusion_fixtures import make_dataset, tiny_params
+from fixtures.diffusion_data import make_dataset, tiny_params
 
 from lymphaug.common.config import parse_params
 from lymphaug.common.errors import ConfigError, DataError

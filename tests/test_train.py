@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_train_helpers import CLASSES, make_dataset, tiny_params
+from fixtures.classifier_data import CLASSES, make_dataset, tiny_params
 
 from lymphaug.classifier.data import eval_tensor, load_splits, random_crops
 from lymphaug.classifier.evaluate import PREDICTION_COLUMNS, classification_metrics

@@ -11,8 +11,8 @@ import sys
 import pandas as pd
 import pytest
 import yaml
+from fixtures.classifier_data import make_dataset, tiny_params
 from mlflow.tracking import MlflowClient
-from test_train_helpers import make_dataset, tiny_params
 
 from lymphaug.common import tracking
 from lymphaug.common.paths import Layout

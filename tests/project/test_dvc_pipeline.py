@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dvc_fixtures import set_param, sh
+from fixtures.dvc import set_param, sh
 
 from lymphaug.common import manifest
 

@@ -15,7 +15,7 @@ import yaml
 
 from lymphaug import cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STAGE_ENTRIES = [name for name in cli.STAGES if name != "profile"]  # profile edits params.yaml
 
 load_project = pytest.importorskip("mlflow.projects._project_spec").load_project

@@ -10,7 +10,7 @@ import json
 import shutil
 
 import pytest
-from dvc_fixtures import set_param, sh
+from fixtures.dvc import set_param, sh
 
 pytestmark = [
     pytest.mark.slow,
