@@ -103,8 +103,10 @@ def main() -> int:
     images = pd.DataFrame({"path": rel, "class": [r.split("/")[0] for r in rel]})
     split = images.assign(split="train", fold=-1)  # benchmark only: every image "train"
     cfg = DctConfig()
-    print(f"{len(files)} images from {args.data}, batch {BATCH}, {WORKERS} thread(s), "
-          f"best of {args.repeats}")  # fmt: skip
+    print(
+        f"{len(files)} images from {args.data}, batch {BATCH}, {WORKERS} thread(s), "
+        f"best of {args.repeats}"
+    )
 
     with ThreadPoolExecutor(WORKERS) as pool:
         t = time.perf_counter()
@@ -127,8 +129,9 @@ def main() -> int:
             for m in METHODS:
                 out = Path(tmp) / f"{m}{r}"
                 one = DctConfig(methods=[m])
-                clock.time(f"e2e {m}", lambda o=out, c=one: augment_dataset(
-                    args.data, images, split, c, o))  # fmt: skip
+                clock.time(
+                    f"e2e {m}", lambda o=out, c=one: augment_dataset(args.data, images, split, c, o)
+                )
     pw, pc = clock.best("plain32")
     for name, label in (("plain32", "float32 (same batches)"), ("plain64", "float64")):
         w, c = clock.best(name)

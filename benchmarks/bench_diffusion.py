@@ -69,17 +69,20 @@ def cpu(steps: int) -> None:
     params = load_params(root / "params.yaml")
     cfg = params.finetune
     gen = params.generate
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); quick profile: "
-          f"resolution {cfg.resolution}, batch {cfg.batch_size}, {cfg.max_steps} steps; "
-          f"generate {gen.per_class}/class, {gen.steps} {gen.scheduler} steps, "
-          f"batch {gen.batch_size}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); quick profile: "
+        f"resolution {cfg.resolution}, batch {cfg.batch_size}, {cfg.max_steps} steps; "
+        f"generate {gen.per_class}/class, {gen.steps} {gen.scheduler} steps, "
+        f"batch {gen.batch_size}"
+    )
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (312, 417, 3), dtype=np.uint8) for _ in range(24)]
     data = training.TrainData(images, [i % 3 for i in range(24)], ["a", "b", "c"])
 
     # project: train_unet under accelerate (sampler, VAE encode, noise, loss, clip, AdamW)
-    bench_cfg = cfg.model_copy(update={"max_steps": steps + 2, "checkpoint_every": 10**6,
-                                       "validation_every": 10**6})  # fmt: skip
+    bench_cfg = cfg.model_copy(
+        update={"max_steps": steps + 2, "checkpoint_every": 10**6, "validation_every": 10**6}
+    )
     pipe = build_tiny_pipeline(cfg.seed)
     marks = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,8 +134,15 @@ def cpu(steps: int) -> None:
     def project_gen():
         gens = [torch.Generator().manual_seed(i) for i in range(n)]
         with torch.inference_mode():
-            pipe(["a"] * n, num_inference_steps=gen.steps, guidance_scale=gen.guidance_scale,
-                 generator=gens, output_type="np", height=r, width=r)  # fmt: skip
+            pipe(
+                ["a"] * n,
+                num_inference_steps=gen.steps,
+                guidance_scale=gen.guidance_scale,
+                generator=gens,
+                output_type="np",
+                height=r,
+                width=r,
+            )
 
     sampler = make_scheduler(gen.scheduler, ref.scheduler.config)
     cond = torch.cat([emb[-1:].expand(n, -1, -1), emb[:1].expand(n, -1, -1)])
@@ -171,8 +181,10 @@ def gpu(steps: int, dtype_name: str) -> None:
         sys.exit("--gpu: no CUDA device")
     dev = torch.device("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, SD v1.5 UNet (random "
-          f"weights), 512 px (64x64 latents), batch 1, {dtype_name} autocast")  # fmt: skip
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, SD v1.5 UNet (random "
+        f"weights), 512 px (64x64 latents), batch 1, {dtype_name} autocast"
+    )
     try:
         import bitsandbytes as bnb
 
@@ -225,8 +237,10 @@ def gpu(steps: int, dtype_name: str) -> None:
         s = timed(step, steps)
         peak = torch.cuda.max_memory_allocated() / 2**30
         n = sum(p.numel() for p in params)
-        print(f"  {label:<44} {1 / s:6.2f} steps/s  peak {peak:6.2f} GiB  "
-              f"trainable {n / 1e6:7.1f} M  ({opt_cls.__module__.split('.')[0]})")  # fmt: skip
+        print(
+            f"  {label:<44} {1 / s:6.2f} steps/s  peak {peak:6.2f} GiB  "
+            f"trainable {n / 1e6:7.1f} M  ({opt_cls.__module__.split('.')[0]})"
+        )
 
     run("full, grad ckpt, 8-bit Adam" + ("" if adam8 else " (n/a: AdamW)"), "full", True, True)
     run("full, grad ckpt, AdamW", "full", True, False)

@@ -46,10 +46,14 @@ class PilDataset(torch.utils.data.Dataset):
 
     def __init__(self, items):
         self.items = items
-        self.tf = T.Compose([
-            T.RandomResizedCrop(227, scale=(0.8, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(),
-            T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ])  # fmt: skip
+        self.tf = T.Compose(
+            [
+                T.RandomResizedCrop(227, scale=(0.8, 1.0)),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
 
     def __len__(self):
         return len(self.items)
@@ -135,26 +139,32 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="reference DataLoader num_workers")
     args = ap.parse_args()
     items = files(Path(args.data), args.images)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(items)} images, "
-          f"AlexNet 227 px, batch 30, {args.steps} timed steps (after 1 warm-up step)")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(items)} images, "
+        f"AlexNet 227 px, batch 30, {args.steps} timed steps (after 1 warm-up step)"
+    )
     print(f"{'mode':<8} {'pipeline':<26} {'img/s':>7} {'s':>6} {'peak RSS MiB':>13}")
     for frozen in (True, False):
         mode = "frozen" if frozen else "full"
         results = {}
         t_decode = time.perf_counter()
         for name, fn in (
-            (f"reference (PIL, {args.workers} workers)",
-             lambda f=frozen: reference(items, f, args.steps, args.workers)),
+            (
+                f"reference (PIL, {args.workers} workers)",
+                lambda f=frozen: reference(items, f, args.steps, args.workers),
+            ),
             ("lymphaug (tensors, fp32)", lambda f=frozen: ours(items, f, args.steps)),
             ("lymphaug (tensors, bf16)", lambda f=frozen: ours(items, f, args.steps, "bf16")),
-        ):  # fmt: skip
+        ):
             t_decode = time.perf_counter()
             n, secs = fn()
             total = time.perf_counter() - t_decode
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             results[name] = n / secs
-            print(f"{mode:<8} {name:<26} {n / secs:7.1f} {secs:6.1f} {rss:13.0f}"
-                  f"   (incl. set-up {total:.1f} s)")  # fmt: skip
+            print(
+                f"{mode:<8} {name:<26} {n / secs:7.1f} {secs:6.1f} {rss:13.0f}"
+                f"   (incl. set-up {total:.1f} s)"
+            )
         ref, fp32, bf16 = results.values()
         print(f"{mode:<8} speed-up vs reference: fp32 {fp32 / ref:.2f}x, bf16 {bf16 / ref:.2f}x")
 

@@ -78,19 +78,30 @@ def make_repo(root, seeds=(0, 1, 2), synthetic=True):
                     shutil.copy(layout.raw / "FL/fl_2.png", layout.synthetic / rel)
                 else:
                     save_png(_image(rng, cls), layout.synthetic / rel)
-                syn.append({"path": rel, "class": cls, "prompt": f"p {cls}", "seed": i,
-                            "scheduler": "dpmsolver++", "steps": 2, "guidance": 4.0,
-                            "mode": "txt2img", "strength": 0.5, "source": ""})  # fmt: skip
-        manifest.write_table(pd.DataFrame(syn), layout.synthetic / "manifest.csv",
-                             manifest.SYNTHETIC_COLUMNS)  # fmt: skip
+                syn.append(
+                    {
+                        "path": rel,
+                        "class": cls,
+                        "prompt": f"p {cls}",
+                        "seed": i,
+                        "scheduler": "dpmsolver++",
+                        "steps": 2,
+                        "guidance": 4.0,
+                        "mode": "txt2img",
+                        "strength": 0.5,
+                        "source": "",
+                    }
+                )
+        manifest.write_table(
+            pd.DataFrame(syn), layout.synthetic / "manifest.csv", manifest.SYNTHETIC_COLUMNS
+        )
     test = split[split["split"] == "test"].sort_values("path").reset_index(drop=True)
     labels = test["class"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     for cond, per_seed in CORRECT.items():
         for k, seed in enumerate(seeds):
             ok = np.array(per_seed[k % 3], bool)
             pred = np.where(ok, labels, (labels + 1) % 3)
-            write_run(layout, cond, seed, test["path"].map(lambda p: f"data/raw/{p}"),
-                      labels, pred)  # fmt: skip
+            write_run(layout, cond, seed, test["path"].map(lambda p: f"data/raw/{p}"), labels, pred)
     torch.manual_seed(0)
     model = build_classifier("mobilenet_v3_small", 3, "none")
     layout.classifier("base", seeds[0]).mkdir(parents=True, exist_ok=True)
@@ -102,15 +113,27 @@ def write_run(layout, cond, seed, paths, labels, pred):
     """The three report files in the format of lymphaug.train.write_outputs."""
     rep = layout.train_report(cond, seed)
     rep.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame({"path": list(paths), "class": [CLASSES[i] for i in labels],
-                       "label": labels, "predicted": pred,
-                       "predicted_class": [CLASSES[i] for i in pred]})  # fmt: skip
+    df = pd.DataFrame(
+        {
+            "path": list(paths),
+            "class": [CLASSES[i] for i in labels],
+            "label": labels,
+            "predicted": pred,
+            "predicted_class": [CLASSES[i] for i in pred],
+        }
+    )
     for i, c in enumerate(CLASSES):
         df[f"prob_{c}"] = np.where(pred == i, 0.8, 0.1)
     df.to_csv(rep / "predictions.csv", index=False)
-    hist = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.7],
-                         "train_acc": [0.4, 0.5, 0.6], "val_loss": [1.1, 0.9, 0.95],
-                         "val_acc": [0.3 + 0.05 * seed, 0.5, 0.45]})  # fmt: skip
+    hist = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "train_loss": [1.0, 0.8, 0.7],
+            "train_acc": [0.4, 0.5, 0.6],
+            "val_loss": [1.1, 0.9, 0.95],
+            "val_acc": [0.3 + 0.05 * seed, 0.5, 0.45],
+        }
+    )
     hist.to_csv(rep / "history.csv", index=False)
     (rep / "metrics.json").write_text(json.dumps({"best_epoch": 2, "test_accuracy": 0.5}))
 
@@ -176,7 +199,9 @@ def test_mcnemar_counts_pair_by_seed_and_image(repo):
     base = np.array(CORRECT["base"], bool).ravel()
     dct = np.array(CORRECT["dct"], bool).ravel()
     assert (a.mcnemar["dct"].b, a.mcnemar["dct"].c) == (
-        int(np.sum(base & ~dct)), int(np.sum(~base & dct)))  # fmt: skip
+        int(np.sum(base & ~dct)),
+        int(np.sum(~base & dct)),
+    )
     assert (a.mcnemar["dct"].b, a.mcnemar["dct"].c) == (0, 4)
     assert a.mcnemar["dct"].p == pytest.approx(2 / 16)  # exact: 2 * 0.5**4
     assert a.summaries["base"]["accuracy"].mean == pytest.approx(12 / 18)
@@ -229,8 +254,9 @@ def test_different_test_images_are_refused(repo, tmp_path):
 
 def test_reader_refuses_labels_that_are_not_class_indices(tmp_path):
     layout = Layout(tmp_path)
-    write_run(layout, "base", 0, ["data/raw/a.png", "data/raw/b.png"], np.array([0, 2]),
-              np.array([0, 1]))  # fmt: skip
+    write_run(
+        layout, "base", 0, ["data/raw/a.png", "data/raw/b.png"], np.array([0, 2]), np.array([0, 1])
+    )
     r = results.read_run(layout, "base", 0, CLASSES)
     assert list(r.labels) == [0, 2] and list(r.predicted) == [0, 1]
     assert r.accuracy == 0.5 and r.macro_f1(3) == pytest.approx((1 + 0 + 0) / 3)

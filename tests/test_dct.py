@@ -45,8 +45,16 @@ def make_raw(root: Path, per_class: int = 6, classes=("CLL", "FL", "MCL")) -> pd
         for i, img in enumerate(textured(rng, per_class)):
             rel = f"{cls}/{i:03d}.png"
             save_png(img, root / rel)
-            rows.append({"path": rel, "class": cls, "sha256": hashlib.sha256(img).hexdigest(),
-                         "width": img.shape[1], "height": img.shape[0], "source": rel})  # fmt: skip
+            rows.append(
+                {
+                    "path": rel,
+                    "class": cls,
+                    "sha256": hashlib.sha256(img).hexdigest(),
+                    "width": img.shape[1],
+                    "height": img.shape[0],
+                    "source": rel,
+                }
+            )
     raw = pd.DataFrame(rows, columns=manifest.RAW_COLUMNS)
     manifest.write_table(raw, root / "manifest.csv", manifest.RAW_COLUMNS)
     return raw
@@ -221,8 +229,12 @@ def test_cli_end_to_end(tmp_path, repo_root, capsys):
 @pytest.mark.realdata
 def test_real_images(real_data):
     """On real H&E images: means kept, method 2's noise has the configured size."""
-    batch = np.stack([read_rgb(real_data / c / f) for c, f in
-                      [("CLL", "000.png"), ("FL", "113.png"), ("MCL", "252.png")]])  # fmt: skip
+    batch = np.stack(
+        [
+            read_rgb(real_data / c / f)
+            for c, f in [("CLL", "000.png"), ("FL", "113.png"), ("MCL", "252.png")]
+        ]
+    )
     m1 = method1(batch, 2.0).astype(float)
     m2 = method2(batch, 20.0, rngs(["a", "b", "c"])).astype(float)
     for out in (m1, m2):

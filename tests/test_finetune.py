@@ -86,8 +86,9 @@ def test_full_finetune_resumes_to_the_same_result(layout, tmp_path):
 def test_lora_saves_only_the_adapter_and_logs_to_mlflow(layout, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    params = tiny_params(tmp_path, {"method": "lora", "max_steps": 4, "validation_every": 2,
-                                    "learning_rate": 1.0e-2})  # fmt: skip
+    params = tiny_params(
+        tmp_path, {"method": "lora", "max_steps": 4, "validation_every": 2, "learning_rate": 1.0e-2}
+    )
     result, info = finetune(params, layout)
     files = sorted(p.name for p in layout.diffusion_model.iterdir())
     assert files == [loading.INFO_FILE, loading.LORA_WEIGHTS]
@@ -131,8 +132,15 @@ def test_nan_loss_stops_with_a_clear_error(layout, tmp_path):
 def test_paper_profile_code_paths_on_the_tiny_model(layout, tmp_path, repo_root):
     """LoRA + cosine warm-up + accumulation + checkpointing + Min-SNR + EMA, as in paper.yaml."""
     paper = yaml.safe_load((repo_root / "profiles" / "paper.yaml").read_text())["finetune"]
-    paper.update(base_model="tiny", resolution=16, max_steps=3, lr_warmup_steps=1,
-                 gradient_accumulation_steps=2, checkpoint_every=2, use_ema=True)  # fmt: skip
+    paper.update(
+        base_model="tiny",
+        resolution=16,
+        max_steps=3,
+        lr_warmup_steps=1,
+        gradient_accumulation_steps=2,
+        checkpoint_every=2,
+        use_ema=True,
+    )
     params = tiny_params(tmp_path, paper)
     assert params.finetune.method == "lora" and params.finetune.gradient_checkpointing
     result, info = finetune(params, layout, track=False)

@@ -48,8 +48,10 @@ def layout(trained, tmp_path):
 
 
 def _files(layout):
-    return {p.relative_to(layout.synthetic).as_posix(): p.read_bytes()
-            for p in sorted(layout.synthetic.rglob("*.png"))}  # fmt: skip
+    return {
+        p.relative_to(layout.synthetic).as_posix(): p.read_bytes()
+        for p in sorted(layout.synthetic.rglob("*.png"))
+    }
 
 
 def test_generates_sized_images_manifest_and_sheet(layout, tmp_path):
@@ -109,8 +111,9 @@ def test_interrupted_generation_resumes_without_redoing_images(layout, tmp_path)
 
 
 def test_img2img_starts_from_training_images_of_the_class(layout, tmp_path):
-    params = tiny_params(tmp_path, generate={"mode": "img2img", "strength": 0.5, "steps": 4,
-                                             "scheduler": "euler"})  # fmt: skip
+    params = tiny_params(
+        tmp_path, generate={"mode": "img2img", "strength": 0.5, "steps": 4, "scheduler": "euler"}
+    )
     generate(params, layout, track=False)
     df = read_table(layout.synthetic / "manifest.csv", SYNTHETIC_COLUMNS)
     split = read_table(layout.split_csv, SPLIT_COLUMNS).set_index("path")

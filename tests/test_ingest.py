@@ -125,10 +125,22 @@ def test_folder_converts_every_pil_format(tmp_path):
     layout = run_ingest(tmp_path, source="folder", folder="src")
 
     df = read_table(layout.raw_manifest, RAW_COLUMNS).set_index("source")
-    assert sorted(df.index) == ["CLL/a.png", "CLL/b.jpg", "FL/c.tif", "FL/d.png", "MCL/e.png",
-                                "MCL/f.gif"]  # fmt: skip
-    assert sorted(df["path"]) == ["CLL/a.png", "CLL/b.png", "FL/c.png", "FL/d.png", "MCL/e.png",
-                                  "MCL/f.png"]  # fmt: skip
+    assert sorted(df.index) == [
+        "CLL/a.png",
+        "CLL/b.jpg",
+        "FL/c.tif",
+        "FL/d.png",
+        "MCL/e.png",
+        "MCL/f.gif",
+    ]
+    assert sorted(df["path"]) == [
+        "CLL/a.png",
+        "CLL/b.png",
+        "FL/c.png",
+        "FL/d.png",
+        "MCL/e.png",
+        "MCL/f.png",
+    ]
 
     def out(source):
         with Image.open(layout.raw / df.loc[source, "path"]) as img:

@@ -14,10 +14,17 @@ from lymphaug.split import assign_predefined, assign_splits, split_sizes
 
 def raw_table(counts: dict[str, int]) -> pd.DataFrame:
     rows = [
-        {"path": f"{c}/{i:03d}.png", "class": c, "sha256": f"{c}{i}", "width": 8, "height": 8,
-         "source": f"{c}/{i}.tif"}
-        for c, n in counts.items() for i in range(n)
-    ]  # fmt: skip
+        {
+            "path": f"{c}/{i:03d}.png",
+            "class": c,
+            "sha256": f"{c}{i}",
+            "width": 8,
+            "height": 8,
+            "source": f"{c}/{i}.tif",
+        }
+        for c, n in counts.items()
+        for i in range(n)
+    ]
     return pd.DataFrame(rows, columns=manifest.RAW_COLUMNS)
 
 
@@ -89,8 +96,9 @@ def test_k_folds_partition_train_val():
 
 def test_cli_writes_split_csv(tmp_path, repo_root):
     raw_dir = tmp_path / "data" / "raw"
-    manifest.write_table(raw_table({"CLL": 6, "FL": 6, "MCL": 6}), raw_dir / "manifest.csv",
-                         manifest.RAW_COLUMNS)  # fmt: skip
+    manifest.write_table(
+        raw_table({"CLL": 6, "FL": 6, "MCL": 6}), raw_dir / "manifest.csv", manifest.RAW_COLUMNS
+    )
     params = tmp_path / "params.yaml"
     params.write_text((repo_root / "params.yaml").read_text())
     assert main(["--params", str(params), "--root", str(tmp_path), "split"]) == 0
@@ -126,7 +134,8 @@ def test_predefined_without_file_is_clean_error(tmp_path, repo_root, capsys):
     df = raw_table({"CLL": 4, "FL": 4, "MCL": 4})
     manifest.write_table(df, raw_dir / "manifest.csv", manifest.RAW_COLUMNS)
     params = tmp_path / "params.yaml"
-    params.write_text((repo_root / "params.yaml").read_text().replace(
-        "predefined: false", "predefined: true"))  # fmt: skip
+    params.write_text(
+        (repo_root / "params.yaml").read_text().replace("predefined: false", "predefined: true")
+    )
     assert main(["--params", str(params), "--root", str(tmp_path), "split"]) == 2
     assert "only ingest.source=mat ships a predefined split" in capsys.readouterr().err

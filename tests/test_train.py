@@ -62,14 +62,18 @@ def test_frozen_backbone_trains_only_the_head(base_splits, layout):
     before = build_classifier("resnet18", 3, "none")
     out = train_condition(params, base_splits, 0, layout.root)
     body_a, body_b = before.body.state_dict(), out.model.body.state_dict()
-    assert all(torch.equal(body_a[k], body_b[k]) for k in body_a if "running" not in k
-               and "num_batches" not in k)  # fmt: skip
+    assert all(
+        torch.equal(body_a[k], body_b[k])
+        for k in body_a
+        if "running" not in k and "num_batches" not in k
+    )
     assert not torch.equal(before.head.weight, out.model.head.weight)
 
 
 def test_bf16_autocast_trains(base_splits, layout):
-    out = train_condition(tiny_params(epochs=1, freeze_backbone=True, precision="bf16"),
-                          base_splits, 0, layout.root)  # fmt: skip
+    out = train_condition(
+        tiny_params(epochs=1, freeze_backbone=True, precision="bf16"), base_splits, 0, layout.root
+    )
     assert len(out.fit.history) == 1 and 0 <= out.metrics["test_accuracy"] <= 1
 
 
@@ -136,8 +140,16 @@ def test_nan_loss_stops_with_clear_error(base_splits, layout):
 def test_checkpoint_of_another_arch_or_class_count(base_splits, tmp_path):
     params = tiny_params(epochs=2)
     torch.manual_seed(0)
-    fit(build_classifier("resnet18", 3, "none"), base_splits.train, base_splits.val,
-        params.train, 0, CLASSES, tmp_path, stop_after_epoch=1)  # fmt: skip
+    fit(
+        build_classifier("resnet18", 3, "none"),
+        base_splits.train,
+        base_splits.val,
+        params.train,
+        0,
+        CLASSES,
+        tmp_path,
+        stop_after_epoch=1,
+    )
     for arch, classes in (("alexnet", CLASSES), ("resnet18", ["a", "b"])):
         model = build_classifier(arch, len(classes), "none")
         cfg = tiny_params(epochs=2, arch=arch, input_size=64).train

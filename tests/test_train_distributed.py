@@ -25,8 +25,17 @@ def _setup(root):
 
 
 def _cmd(root, nproc: int | None) -> list[str]:
-    cli = ["--params", str(root / "params.yaml"), "--root", str(root), "train",
-           "--condition", "base", "--seed", "0"]  # fmt: skip
+    cli = [
+        "--params",
+        str(root / "params.yaml"),
+        "--root",
+        str(root),
+        "train",
+        "--condition",
+        "base",
+        "--seed",
+        "0",
+    ]
     if nproc is None:
         return [sys.executable, "-m", "lymphaug.cli", *cli]
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
@@ -41,8 +50,9 @@ def test_two_processes_match_one_in_structure_and_write_once(tmp_path):
     for nproc in (None, 2):
         root = tmp_path / f"n{nproc or 1}"
         _setup(root)
-        out = subprocess.run(_cmd(root, nproc), env=env, capture_output=True, text=True,
-                             timeout=180)  # fmt: skip
+        out = subprocess.run(
+            _cmd(root, nproc), env=env, capture_output=True, text=True, timeout=180
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.count("train base seed=0: best epoch") == 1  # rank 0 reports
         rep = Layout(root).train_report("base", 0)

@@ -64,10 +64,12 @@ def analyse(runs: dict[str, list[RunResult]], classes: list[str], cfg: CompareCo
         for c, rs in runs.items()
     }
     summaries = {
-        c: {m: stats.summarise(np.array(v), cfg.bootstrap_resamples, cfg.alpha, cfg.seed)
-            for m, v in per_seed[c].items()}
+        c: {
+            m: stats.summarise(np.array(v), cfg.bootstrap_resamples, cfg.alpha, cfg.seed)
+            for m, v in per_seed[c].items()
+        }
         for c in conditions
-    }  # fmt: skip
+    }
     comparisons: dict[str, dict[str, stats.Comparison]] = {}
     mcn: dict[str, stats.McNemar] = {}
     verdicts, f1_verdicts = {}, {}
@@ -78,11 +80,17 @@ def analyse(runs: dict[str, list[RunResult]], classes: list[str], cfg: CompareCo
             if c == "base":
                 continue
             comparisons[c] = {
-                m: stats.compare_paired(c, m, np.array(per_seed["base"][m]),
-                                        np.array(per_seed[c][m]), cfg.bootstrap_resamples,
-                                        cfg.alpha, cfg.seed)
+                m: stats.compare_paired(
+                    c,
+                    m,
+                    np.array(per_seed["base"][m]),
+                    np.array(per_seed[c][m]),
+                    cfg.bootstrap_resamples,
+                    cfg.alpha,
+                    cfg.seed,
+                )
                 for m in METRICS
-            }  # fmt: skip
+            }
             # pooled per-image pairs, paired by (seed, image): runs are in seed order
             mcn[c] = stats.mcnemar(
                 np.concatenate([r.correct for r in base]),
@@ -91,8 +99,20 @@ def analyse(runs: dict[str, list[RunResult]], classes: list[str], cfg: CompareCo
             verdicts[c] = stats.verdict(comparisons[c]["accuracy"], mcn[c], cfg.alpha, n_test)
             f1_verdicts[c] = stats.verdict(comparisons[c]["macro_f1"], None, cfg.alpha, n_test)
     confusion = {c: sum(r.confusion(n_cls) for r in rs) for c, rs in runs.items()}
-    return Analysis(conditions, seeds, n_test, classes, summaries, per_seed, comparisons, mcn,
-                    verdicts, f1_verdicts, confusion, cfg.alpha)  # fmt: skip
+    return Analysis(
+        conditions,
+        seeds,
+        n_test,
+        classes,
+        summaries,
+        per_seed,
+        comparisons,
+        mcn,
+        verdicts,
+        f1_verdicts,
+        confusion,
+        cfg.alpha,
+    )
 
 
 def _num(x) -> float | None:
@@ -257,14 +277,15 @@ def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) 
     from lymphaug.common import tracking
 
     # cheap checks first: missing runs or mismatched test sets fail before anything else
-    results.read_all(layout, list(CONDITIONS), list(params.train.seeds),
-                     list(params.classes))  # fmt: skip
+    results.read_all(layout, list(CONDITIONS), list(params.train.seeds), list(params.classes))
     client, exp_id = tracking.setup(params.mlflow, layout.root)  # fails fast if down
     a, metrics = produce(params, layout)
     parent = tracking.parent_run_id(client, exp_id, tracking.pipeline_key(layout.root))
     log_to_parent(client, parent, layout, metrics)
-    print(f"compare: {len(a.seeds)} seed(s) x {a.n_test} test images; report at "
-          f"{layout.reports / 'report.md'} (MLflow parent run {parent})")  # fmt: skip
+    print(
+        f"compare: {len(a.seeds)} seed(s) x {a.n_test} test images; report at "
+        f"{layout.reports / 'report.md'} (MLflow parent run {parent})"
+    )
     for c, line in a.verdicts.items():
         print(f"  {c} vs base: {line}")
     return 0

@@ -103,8 +103,16 @@ def finetune(
         steps=cfg.max_steps,
     )
     if not (track and main):
-        result = training.train_unet(pipe, cfg, data, work_dir, accelerator, resume=resume,
-                                     resume_from=resume_from, on_step=on_step)  # fmt: skip
+        result = training.train_unet(
+            pipe,
+            cfg,
+            data,
+            work_dir,
+            accelerator,
+            resume=resume,
+            resume_from=resume_from,
+            on_step=on_step,
+        )
         return result, _save(pipe, layout, info, result, main)
 
     import mlflow
@@ -125,9 +133,17 @@ def finetune(
             mlflow.log_image(image, key="validation_samples", step=step)
 
         try:
-            result = training.train_unet(pipe, cfg, data, work_dir, accelerator, resume=resume,
-                                         resume_from=resume_from, on_step=log_step,
-                                         on_validation=log_grid)  # fmt: skip
+            result = training.train_unet(
+                pipe,
+                cfg,
+                data,
+                work_dir,
+                accelerator,
+                resume=resume,
+                resume_from=resume_from,
+                on_step=log_step,
+                on_validation=log_grid,
+            )
         finally:
             buffer.flush()
         saved = _save(pipe, layout, info, result, main)

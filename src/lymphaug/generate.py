@@ -245,24 +245,36 @@ def _generate(params, layout, resume, on_image, device, run_id) -> dict:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe.to(device, torch.float16 if device == "cuda" else torch.float32)
     start = time.perf_counter()
-    made = generate_images(pipe, jobs, cfg, work / "images", size, info.resolution, layout.raw,
-                           on_image=on_image)  # fmt: skip
+    made = generate_images(
+        pipe, jobs, cfg, work / "images", size, info.resolution, layout.raw, on_image=on_image
+    )
     seconds = time.perf_counter() - start
     publish(work / "images", jobs, cfg, layout.synthetic)
     remove(work)
     sheet = contact_sheet_image(layout, train, params.classes, cfg.contact_sheet_per_class)
     with atomic_path(layout.reports / SHEET) as tmp:
         sheet.save(tmp, format="PNG")
-    summary = {"images": len(jobs), "generated": made, "skipped": len(jobs) - made,
-               "seconds": round(seconds, 2), "work": str(work)}  # fmt: skip
+    summary = {
+        "images": len(jobs),
+        "generated": made,
+        "skipped": len(jobs) - made,
+        "seconds": round(seconds, 2),
+        "work": str(work),
+    }
     if run_id is not None:
         import mlflow
 
         from lymphaug.diffusion.track import flat_params
 
         mlflow.log_params({**flat_params("generate", cfg), "model": info.fingerprint})
-        mlflow.log_metrics({"images": len(jobs), "generated": made, "seconds": seconds,
-                            "images_per_s": made / seconds if made else 0.0})  # fmt: skip
+        mlflow.log_metrics(
+            {
+                "images": len(jobs),
+                "generated": made,
+                "seconds": seconds,
+                "images_per_s": made / seconds if made else 0.0,
+            }
+        )
         mlflow.log_artifact(str(layout.reports / SHEET))
         mlflow.log_artifact(str(layout.synthetic / "manifest.csv"))
     return summary

@@ -71,8 +71,18 @@ def train_condition(
     torch.manual_seed(seed)  # the new head's initial weights
     model = build_classifier(cfg.arch, len(classes), cfg.weights, root)
     model.to(select_device(cfg.device))
-    result = fit(model, splits.train, splits.val, cfg, seed, classes, work_dir, resume,
-                 stop_after_epoch, on_epoch)  # fmt: skip
+    result = fit(
+        model,
+        splits.train,
+        splits.val,
+        cfg,
+        seed,
+        classes,
+        work_dir,
+        resume,
+        stop_after_epoch,
+        on_epoch,
+    )
     metrics: dict = {"best_epoch": result.best_epoch}
     preds = pd.DataFrame()
     if result.finished:
@@ -208,17 +218,29 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
             manifests[name] = (df, path[0] if path else layout.split_csv, digest)
         tags = {f"data.{k}.sha256": d for k, (_, d) in digests.items()}
         child.log_setup(params, condition, seed, manifests, tags)
-        outcome = train_condition(params, splits, seed, layout.root, work,
-                                  resume=not args.no_resume, on_epoch=child.log_epoch)  # fmt: skip
+        outcome = train_condition(
+            params,
+            splits,
+            seed,
+            layout.root,
+            work,
+            resume=not args.no_resume,
+            on_epoch=child.log_epoch,
+        )
         files = write_outputs(outcome, params, layout, condition, seed)
         title = f"{condition} seed={seed}"
         figures = work / "figures"
         figures.mkdir(parents=True, exist_ok=True)
-        confusion_png(outcome.metrics["confusion_matrix"], list(params.classes),
-                      figures / "confusion_matrix.png", title)  # fmt: skip
+        confusion_png(
+            outcome.metrics["confusion_matrix"],
+            list(params.classes),
+            figures / "confusion_matrix.png",
+            title,
+        )
         curves_png(outcome.history, figures / "training_curves.png", title)
-        child.finish(outcome.model, outcome.metrics, [*files, *sorted(figures.glob("*.png"))],
-                     cfg.input_size)  # fmt: skip
+        child.finish(
+            outcome.model, outcome.metrics, [*files, *sorted(figures.glob("*.png"))], cfg.input_size
+        )
     except BaseException:
         child.fail()
         raise

@@ -33,9 +33,18 @@ def tiff_rgb16(arr: np.ndarray) -> bytes:
     h, w, _ = arr.shape
     data = arr.astype("<u2").tobytes()
     short, long_ = 3, 4
-    entries = [(256, short, w), (257, short, h), (258, short, None), (259, short, 1),
-               (262, short, 2), (273, long_, None), (277, short, 3), (278, short, h),
-               (279, long_, len(data)), (284, short, 1)]  # fmt: skip
+    entries = [
+        (256, short, w),
+        (257, short, h),
+        (258, short, None),
+        (259, short, 1),
+        (262, short, 2),
+        (273, long_, None),
+        (277, short, 3),
+        (278, short, h),
+        (279, long_, len(data)),
+        (284, short, 1),
+    ]
     ifd_size = 2 + 12 * len(entries) + 4
     bps_at, data_at = 8 + ifd_size, 8 + ifd_size + 6
     out = bytearray(b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(entries)))

@@ -63,11 +63,21 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     artifacts = root / "artifacts"
     cmd = [
-        sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(artifacts),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(artifacts),
+    ]
     log = (root / "server.log").open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     # own process group: the server runs its workers as children, stopped together below

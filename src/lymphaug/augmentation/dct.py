@@ -208,9 +208,14 @@ def augment_dataset(
                             rel = output_name(method, classes[raw_path], raw_path, copy)
                             outputs.append((rel, result[j]))
                             rows.append(
-                                {"path": rel, "class": classes[raw_path], "method": method,
-                                 "copy": copy, "source": raw_path}
-                            )  # fmt: skip
+                                {
+                                    "path": rel,
+                                    "class": classes[raw_path],
+                                    "method": method,
+                                    "copy": copy,
+                                    "source": raw_path,
+                                }
+                            )
             for f in pending:  # bound memory: encoding k-1 overlapped with transforming k
                 f.result()
             pending = [pool.submit(write, rel, arr) for rel, arr in outputs]

@@ -152,8 +152,12 @@ def _train_epoch(model, opt, data: ImageSet, cfg: TrainConfig, gen, epoch: int, 
     order = torch.randperm(len(data), generator=gen).tolist()
     total, correct, seen = 0.0, 0, 0
     batches = range(0, len(order), cfg.batch_size)
-    bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=None if rank == 0 else True,
-               leave=False)  # fmt: skip
+    bar = tqdm(
+        batches,
+        desc=f"epoch {epoch}/{cfg.epochs}",
+        disable=None if rank == 0 else True,
+        leave=False,
+    )
     for start in bar:
         batch_idx = order[start : start + cfg.batch_size]
         crops = random_crops([data.images[i] for i in batch_idx], cfg.input_size, gen, cfg.vflip)

@@ -23,9 +23,17 @@ RAW_COLUMNS = ["path", "class", "sha256", "width", "height", "source"]
 SPLIT_COLUMNS = ["path", "class", "split", "fold"]
 DCT_COLUMNS = ["path", "class", "method", "copy", "source"]
 SYNTHETIC_COLUMNS = [
-    "path", "class", "prompt", "seed", "scheduler", "steps", "guidance", "mode", "strength",
+    "path",
+    "class",
+    "prompt",
+    "seed",
+    "scheduler",
+    "steps",
+    "guidance",
+    "mode",
+    "strength",
     "source",
-]  # fmt: skip
+]
 SPLITS = ("train", "val", "test")
 
 

@@ -72,12 +72,19 @@ def test_accuracy_plot(
         jitter = np.linspace(-0.12, 0.12, len(acc)) if len(acc) > 1 else np.zeros(1)
         ax.scatter(i + jitter, acc, color=c, alpha=0.6, zorder=3)
         for x, r, a in zip(i + jitter, rs, acc, strict=True):
-            ax.annotate(f"s{r.seed}", (x, a), textcoords="offset points", xytext=(4, 0),
-                        fontsize=7, color=c)  # fmt: skip
+            ax.annotate(
+                f"s{r.seed}", (x, a), textcoords="offset points", xytext=(4, 0), fontsize=7, color=c
+            )
         s = summaries[cond]
-        ax.errorbar(i + 0.3, s.mean * 100,
-                    yerr=[[100 * (s.mean - s.ci_low)], [100 * (s.ci_high - s.mean)]],
-                    fmt="D", color=c, capsize=5, zorder=4)  # fmt: skip
+        ax.errorbar(
+            i + 0.3,
+            s.mean * 100,
+            yerr=[[100 * (s.mean - s.ci_low)], [100 * (s.ci_high - s.mean)]],
+            fmt="D",
+            color=c,
+            capsize=5,
+            zorder=4,
+        )
     ax.set_xticks(range(len(runs)), list(runs))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Test accuracy per seed; diamond: mean with {100 * (1 - alpha):g}% bootstrap CI")
@@ -96,8 +103,14 @@ def confusion_plot(
     for ax, (cond, cm) in zip(axes[0], matrices.items(), strict=True):
         ax.imshow(cm, cmap="Blues", vmin=0)
         for (r, c), v in np.ndenumerate(cm):
-            ax.text(c, r, str(v), ha="center", va="center",
-                    color="white" if v > cm.max() / 2 else "black")  # fmt: skip
+            ax.text(
+                c,
+                r,
+                str(v),
+                ha="center",
+                va="center",
+                color="white" if v > cm.max() / 2 else "black",
+            )
         ax.set_xticks(range(len(classes)), classes)
         ax.set_yticks(range(len(classes)), classes)
         ax.set_xlabel("predicted")

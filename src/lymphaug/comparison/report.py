@@ -109,9 +109,13 @@ def render(a, q, q_skipped: str, params: Params, layout: Layout, plot_dir: Path)
                 f"| {mc.b} / {mc.c} | {format_p(mc.p)} ({mc.method}) | {_f(mc.odds_ratio, '.2f')} |"
             )
         notes = sorted(
-            {f"{c}: {x.note}" for c, comps in a.comparisons.items() for x in
-             (comps["accuracy"].t, comps["accuracy"].wilcoxon) if x.note}
-        )  # fmt: skip
+            {
+                f"{c}: {x.note}"
+                for c, comps in a.comparisons.items()
+                for x in (comps["accuracy"].t, comps["accuracy"].wilcoxon)
+                if x.note
+            }
+        )
         lines += ["", "How to read it:", ""]
         lines += [
             "- Δ and its CI: per-seed differences (seed *s* of a condition minus seed *s* of "
@@ -196,8 +200,11 @@ def _quality_section(q, skipped: str, layout: Layout) -> list[str]:
         f"(distance < {q.threshold:g}): **{len(q.near_copies)}** of {len(q.distances)}.",
     ]
     if q.near_copies:
-        lines += ["", "| synthetic | nearest training | distance | its img2img source |",
-                  "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "| synthetic | nearest training | distance | its img2img source |",
+            "|---|---|---|---|",
+        ]
         lines += [
             f"| {n.synthetic} | {n.nearest} | {n.distance:.4f} | "
             f"{'yes' if n.same_as_source else 'no'} |"

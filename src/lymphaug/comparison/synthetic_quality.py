@@ -77,12 +77,15 @@ def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -
     split = manifest.read_table(layout.split_csv, manifest.SPLIT_COLUMNS)
     manifest.assert_train_only([s for s in synth["source"] if s], split, "compare (TSTR probe)")
     synth = synth[synth["class"].isin(classes)].sort_values("path").reset_index(drop=True)
-    by = {s: split[split["split"] == s].sort_values("path").reset_index(drop=True)
-          for s in manifest.SPLITS}  # fmt: skip
+    by = {
+        s: split[split["split"] == s].sort_values("path").reset_index(drop=True)
+        for s in manifest.SPLITS
+    }
     if extractor is None:
         t = params.train
-        extractor = choose(cfg.feature_extractor, layout, t.arch, t.input_size, len(classes),
-                           t.seeds[0])  # fmt: skip
+        extractor = choose(
+            cfg.feature_extractor, layout, t.arch, t.input_size, len(classes), t.seeds[0]
+        )
     f_syn = extractor.features([folder / p for p in synth["path"]])
     f_tr = extractor.features([layout.raw / p for p in by["train"]["path"]])
     f_val = extractor.features([layout.raw / p for p in by["val"]["path"]])
@@ -109,8 +112,9 @@ def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -
     ]:
         fid, kid, kid_std, m = _fid_kid(f_tr[mt], f_syn[ms], cfg.seed)
         fid_rv, kid_rv, _, _ = _fid_kid(f_tr[mt], f_val[mv], cfg.seed)
-        rows.append(ClassQuality(name, int(mt.sum()), int(ms.sum()), fid, kid, kid_std, m,
-                                 fid_rv, kid_rv))  # fmt: skip
+        rows.append(
+            ClassQuality(name, int(mt.sum()), int(ms.sum()), fid, kid, kid_std, m, fid_rv, kid_rv)
+        )
 
     tstr = trtr = float("nan")
     if len(np.unique(y_syn)) >= 2:
@@ -135,12 +139,25 @@ def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -
     ]
     order = dist.sort_values(["cosine_distance", "synthetic"]).head(6)
     closest = [
-        (folder / r.synthetic, layout.raw / r.nearest_training,
-         f"{r.synthetic} (d={r.cosine_distance:.3f})")
+        (
+            folder / r.synthetic,
+            layout.raw / r.nearest_training,
+            f"{r.synthetic} (d={r.cosine_distance:.3f})",
+        )
         for r in order.itertuples()
-    ]  # fmt: skip
+    ]
     loo = image_metrics.real_nn_distances(f_tr) if len(f_tr) >= 2 else np.array([np.nan])
     return QualityReport(
-        extractor.name, extractor.description, scale, rows, tstr, trtr, len(y_te), dist,
-        float(np.median(loo)), cfg.near_copy_threshold, near, closest,
-    )  # fmt: skip
+        extractor.name,
+        extractor.description,
+        scale,
+        rows,
+        tstr,
+        trtr,
+        len(y_te),
+        dist,
+        float(np.median(loo)),
+        cfg.near_copy_threshold,
+        near,
+        closest,
+    )

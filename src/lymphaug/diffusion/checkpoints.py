@@ -50,8 +50,9 @@ def check_meta(path: Path, cfg: FinetuneConfig) -> dict:
     return meta
 
 
-def load_checkpoint(path: Path, cfg: FinetuneConfig, trainable, optimizer, lr_scheduler, scaler,
-                    ema) -> tuple[int, list[float], list[float]]:  # fmt: skip
+def load_checkpoint(
+    path: Path, cfg: FinetuneConfig, trainable, optimizer, lr_scheduler, scaler, ema
+) -> tuple[int, list[float], list[float]]:
     """Restore a checkpoint in place; returns (step, losses so far, learning rates so far)."""
     meta = check_meta(path, cfg)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
@@ -70,8 +71,9 @@ def load_checkpoint(path: Path, cfg: FinetuneConfig, trainable, optimizer, lr_sc
     return int(meta["step"]), list(state["losses"]), list(state["lrs"])
 
 
-def save_checkpoint(work_dir, step, cfg, trainable, optimizer, lr_scheduler, accelerator, ema,
-                    result) -> Path:  # fmt: skip
+def save_checkpoint(
+    work_dir, step, cfg, trainable, optimizer, lr_scheduler, accelerator, ema, result
+) -> Path:
     """Write checkpoint-<step> atomically, then drop the oldest beyond the retention limit."""
     folder = work_dir / "checkpoints"
     target = folder / f"checkpoint-{step:06d}"
@@ -87,8 +89,12 @@ def save_checkpoint(work_dir, step, cfg, trainable, optimizer, lr_scheduler, acc
             "lrs": list(result.lrs),
         }
         torch.save(state, tmp / "state.pt")
-        meta = {"method": cfg.method, "step": step, "lora_rank": cfg.lora_rank,
-                "base_model": cfg.base_model}  # fmt: skip
+        meta = {
+            "method": cfg.method,
+            "step": step,
+            "lora_rank": cfg.lora_rank,
+            "base_model": cfg.base_model,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     for old in _checkpoints(folder)[: -cfg.checkpoints_total_limit]:
         remove(old)

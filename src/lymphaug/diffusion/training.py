@@ -286,8 +286,17 @@ def train_unet(
             if on_step:
                 on_step(done, step_loss, lr)
             if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
-                save_checkpoint(work_dir, done, cfg, trainable, optimizer, lr_scheduler,
-                                 accelerator, ema, result)  # fmt: skip
+                save_checkpoint(
+                    work_dir,
+                    done,
+                    cfg,
+                    trainable,
+                    optimizer,
+                    lr_scheduler,
+                    accelerator,
+                    ema,
+                    result,
+                )
             if on_validation and done % cfg.validation_every == 0:
                 on_validation(done, _validate(pipe, accelerator, model, ema, params, data, cfg))
         accelerator.wait_for_everyone()
