@@ -130,7 +130,10 @@ def main() -> int:
                 out = Path(tmp) / f"{m}{r}"
                 one = DctConfig(methods=[m])
                 clock.time(
-                    f"e2e {m}", lambda o=out, c=one: augment_dataset(args.data, images, split, c, o)
+                    f"e2e {m}",
+                    lambda o=out, c=one: augment_dataset(
+                        args.data, images, split=split, cfg=c, out_root=o
+                    ),
                 )
     pw, pc = clock.best("plain32")
     for name, label in (("plain32", "float32 (same batches)"), ("plain64", "float64")):
@@ -147,7 +150,13 @@ def main() -> int:
     for m in METHODS:
         with tempfile.TemporaryDirectory() as tmp:
             tracemalloc.start()
-            augment_dataset(args.data, images, split, DctConfig(methods=[m]), Path(tmp) / "t")
+            augment_dataset(
+                args.data,
+                images,
+                split=split,
+                cfg=DctConfig(methods=[m]),
+                out_root=Path(tmp) / "t",
+            )
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
         print(f"{m}: traced peak memory end to end {peak / 2**20:.0f} MiB")

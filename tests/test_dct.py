@@ -153,18 +153,20 @@ def test_test_image_handed_to_augmentation_fails(tiny, tmp_path):
     handed = pd.concat([train_rows, test_rows])[["path", "class"]]
     out = tmp_path / "out"
     with pytest.raises(LeakageError, match=rf"{test_rows['path'].iloc[0]} \(test\)"):
-        augment_dataset(raw_root, handed, split, DctConfig(), out)
+        augment_dataset(raw_root, handed, split=split, cfg=DctConfig(), out_root=out)
     assert not out.exists()  # refused before writing anything
     val_rows = split[split["split"] == "val"][["path", "class"]]
     with pytest.raises(LeakageError, match="val"):
-        augment_dataset(raw_root, val_rows, split, DctConfig(), out)
+        augment_dataset(raw_root, val_rows, split=split, cfg=DctConfig(), out_root=out)
 
 
 def test_copies_manifest_and_determinism(tiny, tmp_path):
     raw_root, raw, split = tiny
     train = split[split["split"] == "train"][["path", "class"]]
     cfg = DctConfig(copies_per_image=3)
-    rows = augment_dataset(raw_root, train, split, cfg, tmp_path / "a", batch_size=4)
+    rows = augment_dataset(
+        raw_root, train, split=split, cfg=cfg, out_root=tmp_path / "a", batch_size=4
+    )
     assert list(rows.columns) == manifest.DCT_COLUMNS
     n = len(train)
     assert (rows["method"] == "method2").sum() == 3 * n  # copies_per_image per training image
@@ -181,11 +183,16 @@ def test_copies_manifest_and_determinism(tiny, tmp_path):
     )
     assert files == sorted(rows["path"])
     # same seed, other batch size: byte-identical files
-    augment_dataset(raw_root, train, split, cfg, tmp_path / "b", batch_size=5)
+    augment_dataset(raw_root, train, split=split, cfg=cfg, out_root=tmp_path / "b", batch_size=5)
     for rel in rows["path"]:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     other = augment_dataset(
-        raw_root, train.head(2), split, DctConfig(seed=7), tmp_path / "c", batch_size=4
+        raw_root,
+        train.head(2),
+        split=split,
+        cfg=DctConfig(seed=7),
+        out_root=tmp_path / "c",
+        batch_size=4,
     )
     m2 = other[other["method"] == "method2"]["path"].iloc[0]
     assert (tmp_path / "a" / m2).read_bytes() != (tmp_path / "c" / m2).read_bytes()
@@ -199,7 +206,9 @@ def test_mixed_sizes_are_batched_by_shape(tmp_path):
         save_png(textured(rng, 1, h, w)[0], raw_root / f"A/{i}.png")
         rows.append({"path": f"A/{i}.png", "class": "A", "split": "train", "fold": -1})
     split = pd.DataFrame(rows)
-    out = augment_dataset(raw_root, split[["path", "class"]], split, DctConfig(), tmp_path / "o")
+    out = augment_dataset(
+        raw_root, split[["path", "class"]], split=split, cfg=DctConfig(), out_root=tmp_path / "o"
+    )
     for r in out.itertuples():
         assert read_rgb(tmp_path / "o" / r.path).shape == read_rgb(raw_root / r.source).shape
 

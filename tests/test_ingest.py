@@ -84,7 +84,7 @@ def test_sample_classes_differ_in_nuclei():
     from lymphaug.sources.sample import sample_image
 
     def stats(c):
-        imgs = [sample_image(0, c, i, 156, 208).astype(float) for i in range(4)]
+        imgs = [sample_image(0, c, i, height=156, width=208).astype(float) for i in range(4)]
         dark = [(im.sum(axis=2) < 400) for im in imgs]
         coverage = np.mean([d.mean() for d in dark])
         # clumping: variance of dark coverage over 26x26 tiles

@@ -35,10 +35,12 @@ def test_resume_after_kill_equals_uninterrupted_run(layout, base_splits, tmp_pat
     params = tiny_params(epochs=3, arch="mobilenet_v3_small")  # small: cheap checkpoints
     full = train_condition(params, base_splits, seed=3, root=layout.root)
     work = tmp_path / "work"
-    killed = train_condition(params, base_splits, 3, layout.root, work, stop_after_epoch=1)
+    killed = train_condition(
+        params, base_splits, seed=3, root=layout.root, work_dir=work, stop_after_epoch=1
+    )
     assert not killed.fit.finished and len(killed.fit.history) == 1
     assert (work / CHECKPOINT).is_file()
-    resumed = train_condition(params, base_splits, 3, layout.root, work)
+    resumed = train_condition(params, base_splits, seed=3, root=layout.root, work_dir=work)
     assert resumed.fit.resumed_from == 1
     assert resumed.fit.history == full.fit.history
     assert resumed.metrics == full.metrics
@@ -49,8 +51,8 @@ def test_resume_after_kill_equals_uninterrupted_run(layout, base_splits, tmp_pat
 
 def test_seeds_differ_and_history_keys(base_splits, layout):
     params = tiny_params(epochs=1)
-    a = train_condition(params, base_splits, 0, layout.root)
-    b = train_condition(params, base_splits, 1, layout.root)
+    a = train_condition(params, base_splits, seed=0, root=layout.root)
+    b = train_condition(params, base_splits, seed=1, root=layout.root)
     assert a.fit.history != b.fit.history
     assert list(a.history.columns) == ["epoch", "train_loss", "train_acc", "val_loss", "val_acc"]
     assert a.fit.best_epoch == 1
@@ -60,7 +62,7 @@ def test_frozen_backbone_trains_only_the_head(base_splits, layout):
     params = tiny_params(epochs=1, freeze_backbone=True)
     torch.manual_seed(0)
     before = build_classifier("resnet18", 3, "none")
-    out = train_condition(params, base_splits, 0, layout.root)
+    out = train_condition(params, base_splits, seed=0, root=layout.root)
     body_a, body_b = before.body.state_dict(), out.model.body.state_dict()
     assert all(
         torch.equal(body_a[k], body_b[k])
@@ -72,18 +74,21 @@ def test_frozen_backbone_trains_only_the_head(base_splits, layout):
 
 def test_bf16_autocast_trains(base_splits, layout):
     out = train_condition(
-        tiny_params(epochs=1, freeze_backbone=True, precision="bf16"), base_splits, 0, layout.root
+        tiny_params(epochs=1, freeze_backbone=True, precision="bf16"),
+        base_splits,
+        seed=0,
+        root=layout.root,
     )
     assert len(out.fit.history) == 1 and 0 <= out.metrics["test_accuracy"] <= 1
 
 
 def test_outputs_written(base_splits, layout, tmp_path):
     params = tiny_params(epochs=1)
-    out = train_condition(params, base_splits, 0, layout.root)
+    out = train_condition(params, base_splits, seed=0, root=layout.root)
     from lymphaug.common.paths import Layout
 
     dest = Layout(tmp_path)
-    files = write_outputs(out, params, dest, "base", 0)
+    files = write_outputs(out, params=params, layout=dest, condition="base", seed=0)
     assert [f.name for f in files] == ["metrics.json", "history.csv", "predictions.csv"]
     preds = pd.read_csv(files[2])
     assert list(preds.columns) == PREDICTION_COLUMNS + [f"prob_{c}" for c in CLASSES]
@@ -134,7 +139,7 @@ def test_class_without_training_images(tmp_path):
 def test_nan_loss_stops_with_clear_error(base_splits, layout):
     params = tiny_params(epochs=3, learning_rate=1.0e30)
     with pytest.raises(TrainingError, match="loss became (nan|inf)"):
-        train_condition(params, base_splits, 0, layout.root)
+        train_condition(params, base_splits, seed=0, root=layout.root)
 
 
 def test_checkpoint_of_another_arch_or_class_count(base_splits, tmp_path):
@@ -144,17 +149,25 @@ def test_checkpoint_of_another_arch_or_class_count(base_splits, tmp_path):
         build_classifier("resnet18", 3, "none"),
         base_splits.train,
         base_splits.val,
-        params.train,
-        0,
-        CLASSES,
-        tmp_path,
+        cfg=params.train,
+        seed=0,
+        classes=CLASSES,
+        work_dir=tmp_path,
         stop_after_epoch=1,
     )
     for arch, classes in (("alexnet", CLASSES), ("resnet18", ["a", "b"])):
         model = build_classifier(arch, len(classes), "none")
         cfg = tiny_params(epochs=2, arch=arch, input_size=64).train
         with pytest.raises(TrainingError, match="another architecture or class"):
-            fit(model, base_splits.train, base_splits.val, cfg, 0, classes, tmp_path)
+            fit(
+                model,
+                base_splits.train,
+                base_splits.val,
+                cfg=cfg,
+                seed=0,
+                classes=classes,
+                work_dir=tmp_path,
+            )
 
 
 def test_weights_from_a_local_state_dict(tmp_path):

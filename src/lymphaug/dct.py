@@ -26,7 +26,7 @@ def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
     if train.empty:
         raise DataError(f"{layout.split_csv}: no training images")
     with atomic_path(layout.dct) as tmp:
-        rows = augment_dataset(layout.raw, train, split, cfg, tmp)
+        rows = augment_dataset(layout.raw, train, split=split, cfg=cfg, out_root=tmp)
         manifest.write_table(rows, tmp / "manifest.csv", manifest.DCT_COLUMNS)
     sheet = dct_contact_sheet(layout.raw, train, split, cfg)
     write_bytes_atomic(layout.dct_contact_sheet, png_bytes(sheet))

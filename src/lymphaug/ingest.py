@@ -96,7 +96,7 @@ def sample_items(params: Params) -> list[Item]:
             cls,
             f"{i:04d}.png",
             f"sample/seed{cfg.seed}/{cls}/{i:04d}",
-            lambda c=c, i=i: sample_image(cfg.seed, c, i, cfg.height, cfg.width),
+            lambda c=c, i=i: sample_image(cfg.seed, c, i, height=cfg.height, width=cfg.width),
         )
         for c, cls in enumerate(params.classes)
         for i in range(cfg.per_class)
@@ -168,6 +168,7 @@ def check_results(
 def ingest(
     items: list[Item],
     layout: Layout,
+    *,
     params: Params,
     workers: int,
     predefined: pd.DataFrame | None = None,
@@ -240,13 +241,13 @@ def run(params: Params, layout: Layout, args: object) -> int:
     workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
     if cfg.source == "sample":
         what = f"sample (seed {cfg.sample.seed})"
-        df = ingest(sample_items(params), layout, params, workers)
+        df = ingest(sample_items(params), layout, params=params, workers=workers)
     elif cfg.source == "folder":
         if not cfg.folder:
             raise LymphaugError("ingest.source is folder but ingest.folder is not set")
         root = _local(cfg.folder, layout)
         what = f"folder {cfg.folder}"
-        df = ingest(folder_items(root, params.classes), layout, params, workers)
+        df = ingest(folder_items(root, params.classes), layout, params=params, workers=workers)
     elif cfg.source == "archive":
         url = cfg.archive.url
         if not url:
@@ -267,7 +268,7 @@ def run(params: Params, layout: Layout, args: object) -> int:
             items = folder_items(
                 root, params.classes, prefix, label=f"{url}:{prefix.split(':', 1)[1]}"
             )
-            df = ingest(items, layout, params, workers)
+            df = ingest(items, layout, params=params, workers=workers)
         finally:
             shutil.rmtree(unpacked, ignore_errors=True)
     else:
@@ -275,7 +276,7 @@ def run(params: Params, layout: Layout, args: object) -> int:
             raise LymphaugError("ingest.source is mat but ingest.mat.path is not set")
         what = f"MATLAB file {cfg.mat.path} (fold {cfg.mat.fold})"
         items, predefined = mat_items(_local(cfg.mat.path, layout), params)
-        df = ingest(items, layout, params, workers, predefined)
+        df = ingest(items, layout, params=params, workers=workers, predefined=predefined)
     counts = ", ".join(f"{c} {int((df['class'] == c).sum())}" for c in params.classes)
     print(
         f"ingest: {len(df)} images ({counts}) from {what} -> {layout.raw} "

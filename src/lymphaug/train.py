@@ -58,6 +58,7 @@ def select_device(name: str) -> torch.device:
 def train_condition(
     params: Params,
     splits: Splits,
+    *,
     seed: int,
     root: Path = Path("."),
     work_dir: Path | None = None,
@@ -75,13 +76,13 @@ def train_condition(
         model,
         splits.train,
         splits.val,
-        cfg,
-        seed,
-        classes,
-        work_dir,
-        resume,
-        stop_after_epoch,
-        on_epoch,
+        cfg=cfg,
+        seed=seed,
+        classes=classes,
+        work_dir=work_dir,
+        resume=resume,
+        stop_after_epoch=stop_after_epoch,
+        on_epoch=on_epoch,
     )
     metrics: dict = {"best_epoch": result.best_epoch}
     preds = pd.DataFrame()
@@ -89,7 +90,12 @@ def train_condition(
         restore_best(model, result, cfg.freeze_backbone)
         best = next(r for r in result.history if r["epoch"] == result.best_epoch)
         test_metrics, preds = evaluate(
-            model, splits.test, classes, cfg.input_size, root, cfg.precision
+            model,
+            splits.test,
+            classes=classes,
+            input_size=cfg.input_size,
+            root=root,
+            precision=cfg.precision,
         )
         metrics = {
             "best_epoch": result.best_epoch,
@@ -127,7 +133,17 @@ def run_identity(params: Params, condition: str, seed: int, digests: dict[str, s
     return [cfg, params.classes, condition, seed, digests]
 
 
-def write_outputs(outcome: Outcome, params: Params, layout: Layout, condition: str, seed: int):
+def work_folder(
+    params: Params, layout: Layout, condition: str, seed: int, digests: dict[str, tuple[Path, str]]
+) -> Path:
+    """``work/train/<condition>/seed_<n>/<digest>``: where this run's checkpoints live."""
+    identity = run_identity(params, condition, seed, {k: d for k, (_, d) in digests.items()})
+    return layout.work_dir("train", identity, condition, f"seed_{seed}")
+
+
+def write_outputs(
+    outcome: Outcome, *, params: Params, layout: Layout, condition: str, seed: int
+) -> list[Path]:
     """Models and reports, each file atomically; returns the report files."""
     cfg = params.train
     model_dir = layout.classifier(condition, seed)
@@ -178,14 +194,15 @@ def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
         # other ranks compute their share and write nothing
         set_determinism(params.train.num_threads)
         splits = load_splits(args.condition, params, layout)
-        digests = {k: d for k, (_, d) in data_digests(layout, args.condition, params).items()}
-        work = layout.work_dir(
-            "train",
-            run_identity(params, args.condition, args.seed, digests),
-            args.condition,
-            f"seed_{args.seed}",
+        digests = data_digests(layout, args.condition, params)
+        train_condition(
+            params,
+            splits,
+            seed=args.seed,
+            root=layout.root,
+            work_dir=work_folder(params, layout, args.condition, args.seed, digests),
+            resume=not args.no_resume,
         )
-        train_condition(params, splits, args.seed, layout.root, work, not args.no_resume)
         return 0
     finally:
         import torch.distributed as dist
@@ -209,25 +226,24 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
     try:
         splits = load_splits(condition, params, layout)
         digests = data_digests(layout, condition, params)
-        identity = run_identity(params, condition, seed, {k: d for k, (_, d) in digests.items()})
-        work = layout.work_dir("train", identity, condition, f"seed_{seed}")
+        work = work_folder(params, layout, condition, seed, digests)
         manifests = {}
         for name, df in splits.manifests.items():
             path = digests.get("split" if name in ("train", "val", "test") else name)
             digest = hashlib.sha256(df.to_csv(index=False).encode()).hexdigest()
             manifests[name] = (df, path[0] if path else layout.split_csv, digest)
         tags = {f"data.{k}.sha256": d for k, (_, d) in digests.items()}
-        child.log_setup(params, condition, seed, manifests, tags)
+        child.log_setup(params, condition=condition, seed=seed, manifests=manifests, tags=tags)
         outcome = train_condition(
             params,
             splits,
-            seed,
-            layout.root,
-            work,
+            seed=seed,
+            root=layout.root,
+            work_dir=work,
             resume=not args.no_resume,
             on_epoch=child.log_epoch,
         )
-        files = write_outputs(outcome, params, layout, condition, seed)
+        files = write_outputs(outcome, params=params, layout=layout, condition=condition, seed=seed)
         title = f"{condition} seed={seed}"
         figures = work / "figures"
         figures.mkdir(parents=True, exist_ok=True)

@@ -158,6 +158,7 @@ def output_name(method: str, cls: str, raw_path: str, copy: int) -> str:
 def augment_dataset(
     raw_root: Path,
     images: pd.DataFrame,
+    *,
     split: pd.DataFrame,
     cfg: DctConfig,
     out_root: Path,

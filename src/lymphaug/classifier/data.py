@@ -68,7 +68,10 @@ def _labels(classes_col: pd.Series, classes: list[str], source: Path) -> torch.T
     return torch.tensor([index[c] for c in classes_col], dtype=torch.long)
 
 
-def _image_set(folder: Path, rows: pd.DataFrame, classes: list[str], src: Path, desc: str):
+def _image_set(
+    folder: Path, rows: pd.DataFrame, *, classes: list[str], src: Path, desc: str
+) -> ImageSet:
+    """Decode the images ``rows`` lists under ``folder``; ``src`` names the list in errors."""
     files = [folder / p for p in rows["path"]]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
@@ -124,19 +127,25 @@ def load_splits(condition: str, params: Params, layout: Layout) -> Splits:
             f"{layout.split_csv}: class(es) {empty} have no training images after the split; "
             "add images or change split.test_fraction/val_fraction"
         )
-    train = _image_set(layout.raw, by["train"], classes, layout.split_csv, "decode train")
+    train = _image_set(
+        layout.raw, by["train"], classes=classes, src=layout.split_csv, desc="decode train"
+    )
     manifests = {"train": by["train"], "val": by["val"], "test": by["test"]}
     if condition != "base":
         folder, rows, mpath = extra_training_rows(condition, params, layout, split)
-        extra = _image_set(folder, rows, classes, mpath, f"decode {condition}")
+        extra = _image_set(folder, rows, classes=classes, src=mpath, desc=f"decode {condition}")
         train = ImageSet(
             train.images + extra.images,
             torch.cat([train.labels, extra.labels]),
             train.paths + extra.paths,
         )
         manifests[condition] = rows
-    val = _image_set(layout.raw, by["val"], classes, layout.split_csv, "decode val")
-    test = _image_set(layout.raw, by["test"], classes, layout.split_csv, "decode test")
+    val = _image_set(
+        layout.raw, by["val"], classes=classes, src=layout.split_csv, desc="decode val"
+    )
+    test = _image_set(
+        layout.raw, by["test"], classes=classes, src=layout.split_csv, desc="decode test"
+    )
     return Splits(train, val, test, manifests)
 
 

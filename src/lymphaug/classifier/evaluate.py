@@ -60,11 +60,12 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
 def evaluate(
     model: Classifier,
     test: ImageSet,
+    *,
     classes: list[str],
     input_size: int,
     root: Path,
     precision: str = "fp32",
-):
+) -> tuple[dict, pd.DataFrame]:
     """(metrics dict, predictions DataFrame) of ``model`` on the test set."""
     probs = predict_proba(model, eval_tensor(test.images, input_size), precision=precision)
     y_true = test.labels.numpy()

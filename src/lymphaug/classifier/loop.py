@@ -109,7 +109,10 @@ def autocast(precision: str, device: torch.device | None = None):
     return torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
-def _evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch: int, precision: str):
+def _evaluate(
+    model: Classifier, x: torch.Tensor, y: torch.Tensor, *, batch: int, precision: str
+) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``model`` on uint8 images ``x`` with labels ``y``."""
     model.eval()
     dev = device_of(model)
     losses, correct = 0.0, 0
@@ -142,14 +145,27 @@ def _all_reduce(values: list[float], world_size: int) -> list[float]:
     return t.tolist()
 
 
-def _train_epoch(model, opt, data: ImageSet, cfg: TrainConfig, gen, epoch: int, frozen: bool):
-    """One epoch. Under torchrun every rank draws the same order and crops (same seeded
-    generator), takes its own slice of each batch, and gradients are summed across ranks, so
-    the ranks stay identical and a batch's gradient is that of the whole batch."""
+def _train_epoch(
+    model: Classifier,
+    optimizer: torch.optim.Optimizer,
+    data: ImageSet,
+    *,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    epoch: int,
+    frozen: bool,
+) -> tuple[float, float]:
+    """One epoch; returns (mean training loss, training accuracy).
+
+    Under torchrun every rank draws the same order and crops (same seeded generator),
+    takes its own slice of each batch, and gradients are summed across ranks, so the
+    ranks stay identical and a batch's gradient is that of the whole batch.
+    """
     rank, world_size = world()
-    dev = device_of(model)
+    device = device_of(model)
     model.train()
-    order = torch.randperm(len(data), generator=gen).tolist()
+    # Shuffle the training images with the run's own generator (resumable, rank-independent)
+    order = torch.randperm(len(data), generator=generator).tolist()
     total, correct, seen = 0.0, 0, 0
     batches = range(0, len(order), cfg.batch_size)
     bar = tqdm(
@@ -160,19 +176,25 @@ def _train_epoch(model, opt, data: ImageSet, cfg: TrainConfig, gen, epoch: int, 
     )
     for start in bar:
         batch_idx = order[start : start + cfg.batch_size]
-        crops = random_crops([data.images[i] for i in batch_idx], cfg.input_size, gen, cfg.vflip)
+        # Augment the batch as uint8 tensors: random resized crops and flips, seeded
+        crops = random_crops(
+            [data.images[i] for i in batch_idx], cfg.input_size, generator, cfg.vflip
+        )
+        # This rank's share of the batch, normalised and moved to the model's device
         idx = batch_idx[rank::world_size]
-        x = normalize(crops[rank::world_size]).to(dev, non_blocking=True)
-        y = data.labels[idx].to(dev)
-        if frozen:  # no autograd graph through the frozen body: only the head learns
-            with torch.no_grad(), autocast(cfg.precision, dev):
-                feats = model.body(x).float()
-            logits = model.head(feats)
+        x = normalize(crops[rank::world_size]).to(device, non_blocking=True)
+        y = data.labels[idx].to(device)
+        # Forward pass; a frozen body runs without autograd, so only the head learns
+        if frozen:
+            with torch.no_grad(), autocast(cfg.precision, device):
+                features = model.body(x).float()
+            logits = model.head(features)
         else:
-            with autocast(cfg.precision, dev):
+            with autocast(cfg.precision, device):
                 logits = model(x).float()
-        # = LogSoftmax + NLLLoss, as in the study; summed here, divided by the whole batch
+        # Cross-entropy (= LogSoftmax + NLLLoss, as in the study), summed over this share
         loss_sum = nnf.cross_entropy(logits, y, reduction="sum")
+        # Whole-batch loss and hits, summed over ranks, for the log and the NaN check
         batch_loss, batch_correct = _all_reduce(
             [loss_sum.item(), (logits.argmax(1) == y).sum().item()], world_size
         )
@@ -181,11 +203,12 @@ def _train_epoch(model, opt, data: ImageSet, cfg: TrainConfig, gen, epoch: int, 
                 f"loss became {batch_loss} at epoch {epoch}, batch {start // cfg.batch_size + 1}"
                 f"; lower train.learning_rate (now {cfg.learning_rate})"
             )
-        opt.zero_grad(set_to_none=True)
+        # Backpropagate the whole batch's mean loss (ranks sum their gradients), then step
+        optimizer.zero_grad(set_to_none=True)
         (loss_sum / len(batch_idx)).backward()
         if world_size > 1:
-            _sum_gradients(opt)
-        opt.step()
+            _sum_gradients(optimizer)
+        optimizer.step()
         total += batch_loss
         correct += int(batch_correct)
         seen += len(batch_idx)
@@ -207,6 +230,7 @@ def fit(
     model: Classifier,
     train: ImageSet,
     val: ImageSet,
+    *,
     cfg: TrainConfig,
     seed: int,
     classes: list[str],
@@ -225,24 +249,28 @@ def fit(
     if frozen:
         model.freeze_body()
     model.to(memory_format=torch.channels_last)
+    # Optimise what training changes: the new head alone, or the whole network
     params = model.head.parameters() if frozen else model.parameters()
-    opt = _adam(list(params), cfg)
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout draws from the global RNG
+    optimizer = _adam(list(params), cfg)
+    # One seeded generator draws the shuffles and crops; dropout uses the global RNG
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    # Validation images are resized and centre-cropped once, not every epoch
     val_x = eval_tensor(val.images, cfg.input_size)
     history: list[dict[str, float]] = []
     best_epoch, best_acc, best_state = 0, -1.0, {}
     start = 1
     ckpt_path = work_dir / CHECKPOINT if work_dir else None
     writer = world()[0] == 0  # under torchrun only rank 0 writes; every rank may resume
+    # Resume: weights, optimiser, both RNG states, history and best epoch, as they were
     if ckpt_path and resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path, model, classes, frozen)
         try:
             _trained(model, frozen).load_state_dict(ckpt["model"])
         except RuntimeError as err:
             raise TrainingError(f"{ckpt_path}: does not fit the model ({err})") from None
-        opt.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["generator"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        generator.set_state(ckpt["generator"])
         torch.set_rng_state(ckpt["torch_rng"])
         if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["cuda_rng"])  # GPU dropout draws
@@ -251,28 +279,35 @@ def fit(
         if best_state is None:
             best_state = copy.deepcopy(ckpt["model"])
         start = ckpt["epoch"] + 1
-        for row in history:
+        for row in history:  # replay the finished epochs to the logger
             if on_epoch:
                 on_epoch(row)
     resumed_from = start - 1
     for epoch in range(start, cfg.epochs + 1):
-        train_loss, train_acc = _train_epoch(model, opt, train, cfg, gen, epoch, frozen)
-        val_loss, val_acc = _evaluate(model, val_x, val.labels, cfg.batch_size, cfg.precision)
+        # Train one epoch, then measure loss and accuracy on the validation images
+        train_loss, train_acc = _train_epoch(
+            model, optimizer, train, cfg=cfg, generator=generator, epoch=epoch, frozen=frozen
+        )
+        val_loss, val_acc = _evaluate(
+            model, val_x, val.labels, batch=cfg.batch_size, precision=cfg.precision
+        )
         row = dict(
             zip(HISTORY_KEYS, (epoch, train_loss, train_acc, val_loss, val_acc), strict=True)
         )
         history.append(row)
+        # Keep the weights of the best validation accuracy (the test split never decides)
         if val_acc > best_acc:
             best_epoch, best_acc = epoch, val_acc
             best_state = copy.deepcopy(_trained(model, frozen).state_dict())
+        # Checkpoint atomically after every epoch, so a killed run resumes exactly here
         if ckpt_path and writer:
             save_checkpoint(
                 ckpt_path,
                 {
                     "meta": _meta(model, classes, frozen),
                     "model": _trained(model, frozen).state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "generator": gen.get_state(),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all()
                     if device_of(model).type == "cuda"
@@ -285,6 +320,7 @@ def fit(
                     "best_state": None if best_epoch == epoch else best_state,
                 },
             )
+        # Report the epoch (MLflow: step = epoch)
         if on_epoch:
             on_epoch(row)
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:

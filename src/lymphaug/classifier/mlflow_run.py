@@ -40,6 +40,7 @@ class ChildRun:
     def log_setup(
         self,
         params: Params,
+        *,
         condition: str,
         seed: int,
         manifests: dict[str, tuple[pd.DataFrame, Path, str]],
@@ -59,7 +60,13 @@ class ChildRun:
             mlflow.set_tags(tags)
             contexts = {"val": "validation", "test": "test"}
             for name, (df, path, digest) in manifests.items():
-                tracking.log_dataset(df, path, name, digest, contexts.get(name, "training"))
+                tracking.log_dataset(
+                    df,
+                    path=path,
+                    name=name,
+                    digest=digest,
+                    context=contexts.get(name, "training"),
+                )
         self._reopen()
 
     def _reopen(self) -> None:

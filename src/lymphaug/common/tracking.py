@@ -140,7 +140,7 @@ def run_tags(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     return tags
 
 
-def log_dataset(df, path: Path, name: str, digest: str, context: str) -> None:
+def log_dataset(df, *, path: Path, name: str, digest: str, context: str) -> None:
     """Log a manifest as an MLflow dataset input of the active run (digest: its sha256)."""
     import mlflow
 

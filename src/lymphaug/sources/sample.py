@@ -151,7 +151,7 @@ def _stamp_nuclei(
     return np.minimum(field.reshape(height, width), 1.5), follicle
 
 
-def sample_image(seed: int, class_index: int, index: int, height: int, width: int) -> np.ndarray:
+def sample_image(seed: int, class_index: int, index: int, *, height: int, width: int) -> np.ndarray:
     """One H&E-like image (height x width x 3, uint8), fully determined by its arguments."""
     rng = image_rng(seed, class_index, index)
     style = style_for(class_index)
