@@ -274,8 +274,14 @@ def test_named_imagenet_extractor_without_cached_weights_is_refused(repo, tmp_pa
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(DataError, match="alexnet: its ImageNet weights are not in the torchvision"):
-        features.choose("alexnet", repo, "mobilenet_v3_small", 32, 3, 0)
-    ex = features.choose("auto", repo, "mobilenet_v3_small", 32, 3, 0)
+        features.choose(
+            "alexnet", repo, arch="mobilenet_v3_small", input_size=32, n_classes=3, seed=0
+        )
+    ex = features.choose(
+        "auto", repo, arch="mobilenet_v3_small", input_size=32, n_classes=3, seed=0
+    )
     assert ex.name == "classifier" and "no ImageNet Inception or AlexNet" in ex.description
     with pytest.raises(DataError, match="no base classifier weights in .*seed_7"):
-        features.choose("classifier", repo, "mobilenet_v3_small", 32, 3, 7)
+        features.choose(
+            "classifier", repo, arch="mobilenet_v3_small", input_size=32, n_classes=3, seed=7
+        )

@@ -19,6 +19,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,13 +31,18 @@ from lymphaug.common.paths import Layout
 from lymphaug.comparison import figures, results, stats
 from lymphaug.comparison.results import RunResult
 
+if TYPE_CHECKING:  # annotations only: synthetic_quality is imported lazily (torch)
+    from lymphaug.comparison.synthetic_quality import QualityReport
+
 METRICS = ("accuracy", "macro_f1")
 PLOTS_DIR = "compare"  # reports/compare/
 QUALITY_PLOTS = ("nearest_pairs.png",)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Analysis:
+    """Every statistic the report, the plots and metrics.json show, computed once."""
+
     conditions: list[str]
     seeds: list[int]
     n_test: int
@@ -53,65 +59,77 @@ class Analysis:
 
 def analyse(runs: dict[str, list[RunResult]], classes: list[str], cfg: CompareConfig) -> Analysis:
     """All statistics of the report from already paired-checked runs (pure)."""
-    n_cls = len(classes)
+    n_classes = len(classes)
     conditions = list(runs)
-    seeds = [r.seed for r in runs[conditions[0]]]
+    seeds = [run.seed for run in runs[conditions[0]]]
     per_seed = {
-        c: {
-            "accuracy": [r.accuracy for r in rs],
-            "macro_f1": [r.macro_f1(n_cls) for r in rs],
+        condition: {
+            "accuracy": [run.accuracy for run in cond_runs],
+            "macro_f1": [run.macro_f1(n_classes) for run in cond_runs],
         }
-        for c, rs in runs.items()
+        for condition, cond_runs in runs.items()
     }
     summaries = {
-        c: {
-            m: stats.summarise(np.array(v), cfg.bootstrap_resamples, cfg.alpha, cfg.seed)
-            for m, v in per_seed[c].items()
+        condition: {
+            metric: stats.summarise(
+                np.array(values), resamples=cfg.bootstrap_resamples, alpha=cfg.alpha, seed=cfg.seed
+            )
+            for metric, values in per_seed[condition].items()
         }
-        for c in conditions
+        for condition in conditions
     }
     comparisons: dict[str, dict[str, stats.Comparison]] = {}
-    mcn: dict[str, stats.McNemar] = {}
+    mcnemar: dict[str, stats.McNemar] = {}
     verdicts, f1_verdicts = {}, {}
     n_test = len(runs[conditions[0]][0].paths)
     if "base" in runs:
-        base = runs["base"]
-        for c in conditions:
-            if c == "base":
+        base_runs = runs["base"]
+        for condition in conditions:
+            if condition == "base":
                 continue
-            comparisons[c] = {
-                m: stats.compare_paired(
-                    c,
-                    m,
-                    np.array(per_seed["base"][m]),
-                    np.array(per_seed[c][m]),
-                    cfg.bootstrap_resamples,
-                    cfg.alpha,
-                    cfg.seed,
+            comparisons[condition] = {
+                metric: stats.compare_paired(
+                    condition,
+                    metric,
+                    base=np.array(per_seed["base"][metric]),
+                    other=np.array(per_seed[condition][metric]),
+                    resamples=cfg.bootstrap_resamples,
+                    alpha=cfg.alpha,
+                    seed=cfg.seed,
                 )
-                for m in METRICS
+                for metric in METRICS
             }
             # pooled per-image pairs, paired by (seed, image): runs are in seed order
-            mcn[c] = stats.mcnemar(
-                np.concatenate([r.correct for r in base]),
-                np.concatenate([r.correct for r in runs[c]]),
+            mcnemar[condition] = stats.mcnemar(
+                np.concatenate([run.correct for run in base_runs]),
+                np.concatenate([run.correct for run in runs[condition]]),
             )
-            verdicts[c] = stats.verdict(comparisons[c]["accuracy"], mcn[c], cfg.alpha, n_test)
-            f1_verdicts[c] = stats.verdict(comparisons[c]["macro_f1"], None, cfg.alpha, n_test)
-    confusion = {c: sum(r.confusion(n_cls) for r in rs) for c, rs in runs.items()}
+            verdicts[condition] = stats.verdict(
+                comparisons[condition]["accuracy"],
+                mcnemar[condition],
+                alpha=cfg.alpha,
+                n_test_images=n_test,
+            )
+            f1_verdicts[condition] = stats.verdict(
+                comparisons[condition]["macro_f1"], None, alpha=cfg.alpha, n_test_images=n_test
+            )
+    confusion = {
+        condition: sum(run.confusion(n_classes) for run in cond_runs)
+        for condition, cond_runs in runs.items()
+    }
     return Analysis(
-        conditions,
-        seeds,
-        n_test,
-        classes,
-        summaries,
-        per_seed,
-        comparisons,
-        mcn,
-        verdicts,
-        f1_verdicts,
-        confusion,
-        cfg.alpha,
+        conditions=conditions,
+        seeds=seeds,
+        n_test=n_test,
+        classes=classes,
+        summaries=summaries,
+        per_seed=per_seed,
+        comparisons=comparisons,
+        mcnemar=mcnemar,
+        verdicts=verdicts,
+        f1_verdicts=f1_verdicts,
+        confusion=confusion,
+        alpha=cfg.alpha,
     )
 
 
@@ -123,43 +141,48 @@ def _num(x) -> float | None:
     return round(x, 6) if math.isfinite(x) else None
 
 
-def metrics_dict(a: Analysis, q) -> dict:
+def metrics_dict(analysis: Analysis, quality: QualityReport | None) -> dict:
     """reports/metrics.json: flat enough for `dvc metrics show`, no NaN."""
-    out: dict = {"n_seeds": len(a.seeds), "n_test_images": a.n_test, "conditions": {}}
-    for c in a.conditions:
+    out: dict = {
+        "n_seeds": len(analysis.seeds),
+        "n_test_images": analysis.n_test,
+        "conditions": {},
+    }
+    for condition in analysis.conditions:
         entry = {}
-        for m, s in a.summaries[c].items():
-            entry[f"{m}_mean"] = _num(s.mean)
-            entry[f"{m}_std"] = _num(s.std)
-            entry[f"{m}_ci_low"] = _num(s.ci_low)
-            entry[f"{m}_ci_high"] = _num(s.ci_high)
-        out["conditions"][c] = entry
+        for metric, summary in analysis.summaries[condition].items():
+            entry[f"{metric}_mean"] = _num(summary.mean)
+            entry[f"{metric}_std"] = _num(summary.std)
+            entry[f"{metric}_ci_low"] = _num(summary.ci_low)
+            entry[f"{metric}_ci_high"] = _num(summary.ci_high)
+        out["conditions"][condition] = entry
     out["vs_base"] = {}
-    for c, comps in a.comparisons.items():
-        acc, f1, mc = comps["accuracy"], comps["macro_f1"], a.mcnemar[c]
-        out["vs_base"][c] = {
+    for condition, comps in analysis.comparisons.items():
+        acc, f1, mcn = comps["accuracy"], comps["macro_f1"], analysis.mcnemar[condition]
+        out["vs_base"][condition] = {
             "accuracy_diff": _num(acc.diff.mean),
             "accuracy_diff_ci_low": _num(acc.diff.ci_low),
             "accuracy_diff_ci_high": _num(acc.diff.ci_high),
             "macro_f1_diff": _num(f1.diff.mean),
             "p_paired_t": _num(acc.t.p),
             "p_wilcoxon": _num(acc.wilcoxon.p),
-            "p_mcnemar": _num(mc.p),
+            "p_mcnemar": _num(mcn.p),
             "cohens_dz": _num(acc.dz),
-            "mcnemar_odds_ratio": _num(mc.odds_ratio),
-            "significant": bool(acc.t.p is not None and acc.t.p < a.alpha),
+            "mcnemar_odds_ratio": _num(mcn.odds_ratio),
+            "significant": bool(acc.t.p is not None and acc.t.p < analysis.alpha),
         }
-    if q is not None:
-        overall = next(r for r in q.per_class if r.name == "all")
+    if quality is not None:
+        per_class = [row for row in quality.per_class if row.name != "all"]
+        overall = next(row for row in quality.per_class if row.name == "all")
         out["synthetic_quality"] = {
-            "extractor": q.extractor,
+            "extractor": quality.extractor,
             "fid": _num(overall.fid),
             "kid": _num(overall.kid),
-            **{f"fid_{r.name}": _num(r.fid) for r in q.per_class if r.name != "all"},
-            **{f"kid_{r.name}": _num(r.kid) for r in q.per_class if r.name != "all"},
-            "tstr_accuracy": _num(q.tstr_accuracy),
-            "trtr_accuracy": _num(q.trtr_accuracy),
-            "near_copies": len(q.near_copies),
+            **{f"fid_{row.name}": _num(row.fid) for row in per_class},
+            **{f"kid_{row.name}": _num(row.kid) for row in per_class},
+            "tstr_accuracy": _num(quality.tstr_accuracy),
+            "trtr_accuracy": _num(quality.trtr_accuracy),
+            "near_copies": len(quality.near_copies),
         }
     return out
 
@@ -167,42 +190,53 @@ def metrics_dict(a: Analysis, q) -> dict:
 def flat_metrics(d: dict, prefix: str = "compare") -> dict[str, float]:
     """metrics.json flattened to MLflow metric keys (numbers only)."""
     out = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}"
-        if isinstance(v, dict):
-            out.update(flat_metrics(v, key))
-        elif isinstance(v, int | float):  # bool included: significant -> 0/1
-            out[key] = float(v)
+    for name, value in d.items():
+        key = f"{prefix}.{name}"
+        if isinstance(value, dict):
+            out.update(flat_metrics(value, key))
+        elif isinstance(value, int | float):  # bool included: significant -> 0/1
+            out[key] = float(value)
     return out
 
 
 def val_curve_table(runs: dict[str, list[RunResult]]) -> pd.DataFrame:
     """Mean validation accuracy per epoch and condition (the `dvc plots` line plot)."""
     cols = {}
-    for c, rs in runs.items():
-        rs = [r for r in rs if r.epochs.size]
-        if rs:
-            n = min(r.epochs.size for r in rs)
-            cols[c] = pd.Series(
-                np.mean([r.val_accuracy[:n] for r in rs], 0), index=rs[0].epochs[:n]
+    for condition, cond_runs in runs.items():
+        with_history = [run for run in cond_runs if run.epochs.size]
+        if with_history:
+            n_epochs = min(run.epochs.size for run in with_history)  # the epochs every seed has
+            cols[condition] = pd.Series(
+                np.mean([run.val_accuracy[:n_epochs] for run in with_history], 0),
+                index=with_history[0].epochs[:n_epochs],
             )
     df = pd.DataFrame(cols).round(6)
     df.index.name = "epoch"
     return df.reset_index()
 
 
-def write_plots(runs, a: Analysis, folder: Path, layout: Layout) -> None:
+def write_plots(
+    runs: dict[str, list[RunResult]], analysis: Analysis, folder: Path, *, layout: Layout
+) -> None:
+    """The report's figures and the CSVs dvc.yaml's plots read, all into ``folder``."""
     figures.val_accuracy_plot(runs, folder / "val_accuracy.png")
-    acc = {c: a.summaries[c]["accuracy"] for c in a.conditions}
-    figures.test_accuracy_plot(runs, acc, folder / "test_accuracy.png", a.alpha)
-    figures.confusion_plot(a.confusion, a.classes, folder / "confusion_matrices.png", len(a.seeds))
+    acc = {
+        condition: analysis.summaries[condition]["accuracy"] for condition in analysis.conditions
+    }
+    figures.test_accuracy_plot(runs, acc, folder / "test_accuracy.png", alpha=analysis.alpha)
+    figures.confusion_plot(
+        analysis.confusion,
+        analysis.classes,
+        folder / "confusion_matrices.png",
+        n_seeds=len(analysis.seeds),
+    )
     val_curve_table(runs).to_csv(folder / "val_accuracy.csv", index=False, lineterminator="\n")
     # the data of dvc.yaml's top-level plots: every run's curves, predictions per condition
-    curves = results.curves_table(layout, list(runs), list(a.seeds))
+    curves = results.curves_table(layout, list(runs), list(analysis.seeds))
     curves.to_csv(folder / "curves.csv", index=False, lineterminator="\n", float_format="%.6f")
     (folder / "predictions").mkdir()
     for condition, condition_runs in runs.items():
-        table = results.pooled_predictions(condition_runs, a.classes)
+        table = results.pooled_predictions(condition_runs, analysis.classes)
         table.to_csv(folder / "predictions" / f"{condition}.csv", index=False, lineterminator="\n")
 
 
@@ -217,12 +251,15 @@ def _thumb(path: Path, size: int = 120) -> np.ndarray:
     return np.asarray(img)
 
 
-def quality_plots(q, folder: Path) -> None:
+def quality_plots(quality: QualityReport, folder: Path) -> None:
     """The closest synthetic/training pairs. Real vs synthetic per class is the generate
     stage's contact sheet (reports/synthetic_contact_sheet.png), which the report embeds."""
-    pairs = [(_thumb(s), _thumb(r), cap) for s, r, cap in q.closest]
+    pairs = [
+        (_thumb(synthetic), _thumb(training), caption)
+        for synthetic, training, caption in quality.closest
+    ]
     figures.pairs_sheet(pairs, folder / "nearest_pairs.png")
-    q.distances.to_csv(folder / "nearest_training.csv", index=False, lineterminator="\n")
+    quality.distances.to_csv(folder / "nearest_training.csv", index=False, lineterminator="\n")
 
 
 def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
@@ -232,33 +269,39 @@ def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
     cfg = params.compare
     classes = list(params.classes)
     runs = results.read_all(layout, list(CONDITIONS), list(params.train.seeds), classes)
-    a = analyse(runs, classes, cfg)
-    q, q_skipped = None, ""
+    analysis = analyse(runs, classes, cfg)
+    quality, quality_skipped = None, ""  # the report says why when quality is None
     try:
         from lymphaug.comparison.synthetic_quality import assess
 
-        q = assess(params, layout)
+        quality = assess(params, layout)
     except LymphaugError as err:
-        q_skipped = str(err)
+        quality_skipped = str(err)
     plot_dir = layout.reports / PLOTS_DIR
-    with atomic_path(plot_dir) as tmp:
-        tmp.mkdir(parents=True)
-        write_plots(runs, a, tmp, layout)
-        if q is not None:
-            quality_plots(q, tmp)
+    with atomic_path(plot_dir) as tmp_dir:
+        tmp_dir.mkdir(parents=True)
+        write_plots(runs, analysis, tmp_dir, layout=layout)
+        if quality is not None:
+            quality_plots(quality, tmp_dir)
         else:  # every declared output exists, saying why it is empty
             for name in QUALITY_PLOTS:
                 figures.placeholder(
-                    tmp / name, f"Synthetic-image quality not assessed: {q_skipped}"
+                    tmp_dir / name, f"Synthetic-image quality not assessed: {quality_skipped}"
                 )
-            (tmp / "nearest_training.csv").write_text(
+            (tmp_dir / "nearest_training.csv").write_text(
                 "synthetic,class,nearest_training,cosine_distance,near_copy\n"
             )
-    metrics = metrics_dict(a, q)
-    text = report.render(a, q, q_skipped, params, layout, plot_dir)
+    metrics = metrics_dict(analysis, quality)
+    text = report.render(
+        analysis,
+        quality,
+        quality_skipped=quality_skipped,
+        params=params,
+        layout=layout,
+    )
     write_text_atomic(layout.reports / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_text_atomic(layout.reports / "report.md", text)
-    return a, metrics
+    return analysis, metrics
 
 
 def log_to_parent(client, parent: str, layout: Layout, metrics: dict) -> None:
@@ -274,18 +317,19 @@ def log_to_parent(client, parent: str, layout: Layout, metrics: dict) -> None:
 
 
 def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) -> int:
+    """The ``compare`` stage: check inputs and MLflow first, then report and log the results."""
     from lymphaug.common import tracking
 
     # cheap checks first: missing runs or mismatched test sets fail before anything else
     results.read_all(layout, list(CONDITIONS), list(params.train.seeds), list(params.classes))
     client, exp_id = tracking.setup(params.mlflow, layout.root)  # fails fast if down
-    a, metrics = produce(params, layout)
+    analysis, metrics = produce(params, layout)
     parent = tracking.parent_run_id(client, exp_id, tracking.pipeline_key(layout.root))
     log_to_parent(client, parent, layout, metrics)
     print(
-        f"compare: {len(a.seeds)} seed(s) x {a.n_test} test images; report at "
+        f"compare: {len(analysis.seeds)} seed(s) x {analysis.n_test} test images; report at "
         f"{layout.reports / 'report.md'} (MLflow parent run {parent})"
     )
-    for c, line in a.verdicts.items():
-        print(f"  {c} vs base: {line}")
+    for condition, line in analysis.verdicts.items():
+        print(f"  {condition} vs base: {line}")
     return 0

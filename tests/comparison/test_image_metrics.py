@@ -49,14 +49,24 @@ def test_kid_unbiased_near_zero_on_identical_distributions():
     # the subset size never exceeds the smaller set
     assert image_metrics.kid(x[:7], y, subsets=5, subset_size=1000)[2] == 7
     # deterministic for a seed
-    assert image_metrics.kid(x, y, 10, 20, 1) == image_metrics.kid(x, y, 10, 20, 1)
+    assert image_metrics.kid(x, y, subsets=10, subset_size=20, seed=1) == image_metrics.kid(
+        x, y, subsets=10, subset_size=20, seed=1
+    )
 
 
 def test_kid_can_be_negative():
     """An unbiased estimator of a zero MMD takes both signs."""
     rng = np.random.default_rng(4)
     signs = {
-        np.sign(image_metrics.kid(rng.normal(size=(10, 8)), rng.normal(size=(10, 8)), 3, 10, s)[0])
+        np.sign(
+            image_metrics.kid(
+                rng.normal(size=(10, 8)),
+                rng.normal(size=(10, 8)),
+                subsets=3,
+                subset_size=10,
+                seed=s,
+            )[0]
+        )
         for s in range(30)
     }
     assert signs == {-1.0, 1.0}
@@ -80,9 +90,11 @@ def test_probe_learns_separable_classes_and_is_deterministic():
     x = centres[y] + rng.normal(size=(45, 16))
     yt = np.repeat(np.arange(3), 10)
     xt = centres[yt] + rng.normal(size=(30, 16))
-    acc = image_metrics.probe_accuracy(x, y, xt, yt, 3)
+    acc = image_metrics.probe_accuracy(x, y, test_x=xt, test_y=yt, n_classes=3)
     assert acc >= 0.9
-    assert acc == image_metrics.probe_accuracy(x, y, xt, yt, 3)
+    assert acc == image_metrics.probe_accuracy(x, y, test_x=xt, test_y=yt, n_classes=3)
     # labels carrying no information: chance level, not perfect
-    noise = image_metrics.probe_accuracy(rng.normal(size=(45, 16)), y, xt, yt, 3)
+    noise = image_metrics.probe_accuracy(
+        rng.normal(size=(45, 16)), y, test_x=xt, test_y=yt, n_classes=3
+    )
     assert noise < 0.8

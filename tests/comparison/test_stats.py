@@ -14,22 +14,22 @@ from lymphaug.comparison import stats
 
 def test_bootstrap_ci_contains_mean_and_is_deterministic():
     v = np.array([0.61, 0.72, 0.66, 0.70, 0.58])
-    a = stats.bootstrap_ci(v, 2000, 0.05, seed=3)
-    b = stats.bootstrap_ci(v, 2000, 0.05, seed=3)
-    c = stats.bootstrap_ci(v, 2000, 0.05, seed=4)
+    a = stats.bootstrap_ci(v, resamples=2000, alpha=0.05, seed=3)
+    b = stats.bootstrap_ci(v, resamples=2000, alpha=0.05, seed=3)
+    c = stats.bootstrap_ci(v, resamples=2000, alpha=0.05, seed=4)
     assert a == b and a != c
     assert a[0] < v.mean() < a[1]
     assert v.min() <= a[0] and a[1] <= v.max()
 
 
 def test_bootstrap_ci_single_value_collapses():
-    assert stats.bootstrap_ci(np.array([0.5]), 100, 0.05, 0) == (0.5, 0.5)
-    s = stats.summarise(np.array([0.5]), 100, 0.05, 0)
+    assert stats.bootstrap_ci(np.array([0.5]), resamples=100, alpha=0.05, seed=0) == (0.5, 0.5)
+    s = stats.summarise(np.array([0.5]), resamples=100, alpha=0.05, seed=0)
     assert s.n == 1 and math.isnan(s.std)
 
 
 def test_summary_std_is_sample_std():
-    s = stats.summarise(np.array([1.0, 2.0, 3.0, 4.0]), 500, 0.05, 0)
+    s = stats.summarise(np.array([1.0, 2.0, 3.0, 4.0]), resamples=500, alpha=0.05, seed=0)
     assert s.mean == 2.5 and s.std == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
 
 
@@ -132,15 +132,27 @@ def test_cohens_dz():
 def test_verdict_lines():
     base = np.array([0.60, 0.62, 0.58, 0.64, 0.61])
     aug = np.array([0.63, 0.61, 0.64, 0.66, 0.60])
-    comp = stats.compare_paired("dct", "accuracy", base, aug, 1000, 0.05, 0)
+    comp = stats.compare_paired(
+        "dct", "accuracy", base=base, other=aug, resamples=1000, alpha=0.05, seed=0
+    )
     mc = stats.mcnemar(np.zeros(4, bool), np.array([1, 0, 0, 0], bool))
-    line = stats.verdict(comp, mc, 0.05, 75)
+    line = stats.verdict(comp, mc, alpha=0.05, n_test_images=75)
     assert line.startswith("+1.8 points, 95% CI [")
     assert "not significant at 0.05" in line and "5 seeds x 75 test images" in line
     assert "McNemar p=1" in line
-    one = stats.compare_paired("dct", "accuracy", base[:1], aug[:1], 1000, 0.05, 0)
-    assert "need at least two seeds" in stats.verdict(one, None, 0.05, 75)
-    sig = stats.compare_paired(
-        "s", "accuracy", base, base + np.array([0.1, 0.11, 0.09, 0.1, 0.12]), 1000, 0.05, 0
+    one = stats.compare_paired(
+        "dct", "accuracy", base=base[:1], other=aug[:1], resamples=1000, alpha=0.05, seed=0
     )
-    assert "significant at 0.05 (better than base)" in stats.verdict(sig, None, 0.05, 75)
+    assert "need at least two seeds" in stats.verdict(one, None, alpha=0.05, n_test_images=75)
+    sig = stats.compare_paired(
+        "s",
+        "accuracy",
+        base=base,
+        other=base + np.array([0.1, 0.11, 0.09, 0.1, 0.12]),
+        resamples=1000,
+        alpha=0.05,
+        seed=0,
+    )
+    assert "significant at 0.05 (better than base)" in stats.verdict(
+        sig, None, alpha=0.05, n_test_images=75
+    )

@@ -26,8 +26,11 @@ IMAGENET = {  # extractor -> (torchvision arch, input size)
 MODEL_FILES = ("model.pt", "model.pth", "state_dict.pt", "weights.pt")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Extractor:
+    """A frozen image model and how it was chosen: the report names it because FID/KID
+    from different extractors are not comparable."""
+
     name: str  # inception | alexnet | classifier
     description: str  # for the report
     model: object  # lymphaug.classifier.model.Classifier
@@ -40,13 +43,13 @@ class Extractor:
         from lymphaug.classifier.data import decode, eval_tensor, normalize
 
         images = decode(files, desc=f"features ({self.name})")
-        out = []
+        chunks = []
         self.model.eval()
         with torch.inference_mode():
-            for i in range(0, len(images), batch):
-                x = normalize(eval_tensor(images[i : i + batch], self.input_size))
-                out.append(self.model.body(x).flatten(1).double().numpy())
-        return np.concatenate(out) if out else np.zeros((0, 0))
+            for start in range(0, len(images), batch):
+                x = normalize(eval_tensor(images[start : start + batch], self.input_size))
+                chunks.append(self.model.body(x).flatten(1).double().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, 0))
 
 
 def cached_imagenet_file(name: str) -> Path | None:
@@ -76,7 +79,7 @@ def classifier_weights(layout: Layout, seed: int) -> Path:
 
 
 def choose(
-    requested: str, layout: Layout, arch: str, input_size: int, n_classes: int, seed: int
+    requested: str, layout: Layout, *, arch: str, input_size: int, n_classes: int, seed: int
 ) -> Extractor:
     """Build the extractor ``requested`` (auto | inception | alexnet | classifier)."""
     import torch
@@ -88,7 +91,7 @@ def choose(
     for name in order:
         if name == "classifier":
             path = classifier_weights(layout, seed)
-            model = build_classifier(arch, n_classes, str(path), layout.root)
+            model = build_classifier(arch, n_classes, weights=str(path), root=layout.root)
             desc = (
                 f"the `base` classifier of seed {seed} ({arch}, penultimate layer, "
                 f"{path.relative_to(layout.root) if path.is_relative_to(layout.root) else path}); "
@@ -96,7 +99,9 @@ def choose(
                 if requested == "auto"
                 else f"the `base` classifier of seed {seed} ({arch}, penultimate layer)"
             )
-            return Extractor("classifier", desc, model, input_size)
+            return Extractor(
+                name="classifier", description=desc, model=model, input_size=input_size
+            )
         cached = cached_imagenet_file(name)
         if cached is None:
             if requested != "auto":
@@ -107,8 +112,13 @@ def choose(
                 )
             continue
         arch_name, size = IMAGENET[name]
-        model = build_classifier(arch_name, n_classes, str(cached), layout.root)
+        model = build_classifier(arch_name, n_classes, weights=str(cached), root=layout.root)
         if name == "inception":
             model.body.transform_input = True  # what torchvision sets for these weights
-        return Extractor(name, f"ImageNet {arch_name} (penultimate layer, {size} px)", model, size)
+        return Extractor(
+            name=name,
+            description=f"ImageNet {arch_name} (penultimate layer, {size} px)",
+            model=model,
+            input_size=size,
+        )
     raise AssertionError("unreachable")

@@ -31,6 +31,7 @@ def _save(fig, path: Path, dpi: int = 100) -> None:
 
 
 def _colour(condition: str, i: int) -> str:
+    """A condition keeps its colour in every figure; unknown ones take the next free one."""
     return COLOURS.get(condition, f"C{i + 3}")
 
 
@@ -38,18 +39,18 @@ def val_accuracy_plot(runs: dict[str, list[RunResult]], path: Path) -> None:
     """Validation accuracy per epoch: mean over seeds, min-max band, thin line per seed."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for i, (cond, rs) in enumerate(runs.items()):
-        rs = [r for r in rs if r.epochs.size]
-        if not rs:
+    for i, (cond, cond_runs) in enumerate(runs.items()):
+        with_history = [r for r in cond_runs if r.epochs.size]
+        if not with_history:
             continue
-        n = min(r.epochs.size for r in rs)
-        epochs = rs[0].epochs[:n]
-        acc = np.stack([r.val_accuracy[:n] for r in rs]) * 100
-        c = _colour(cond, i)
+        n_epochs = min(r.epochs.size for r in with_history)  # the epochs every seed has
+        epochs = with_history[0].epochs[:n_epochs]
+        acc = np.stack([r.val_accuracy[:n_epochs] for r in with_history]) * 100
+        colour = _colour(cond, i)
         for row in acc:
-            ax.plot(epochs, row, color=c, alpha=0.25, linewidth=0.8)
-        ax.fill_between(epochs, acc.min(0), acc.max(0), color=c, alpha=0.15, linewidth=0)
-        ax.plot(epochs, acc.mean(0), color=c, linewidth=2, marker="o", label=f"{cond} (mean)")
+            ax.plot(epochs, row, color=colour, alpha=0.25, linewidth=0.8)
+        ax.fill_between(epochs, acc.min(0), acc.max(0), color=colour, alpha=0.15, linewidth=0)
+        ax.plot(epochs, acc.mean(0), color=colour, linewidth=2, marker="o", label=f"{cond} (mean)")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
@@ -61,27 +62,35 @@ def val_accuracy_plot(runs: dict[str, list[RunResult]], path: Path) -> None:
 
 
 def test_accuracy_plot(
-    runs: dict[str, list[RunResult]], summaries: dict[str, Summary], path: Path, alpha: float
+    runs: dict[str, list[RunResult]], summaries: dict[str, Summary], path: Path, *, alpha: float
 ) -> None:
     """Test accuracy per seed (points) with the mean and its bootstrap CI per condition."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for i, (cond, rs) in enumerate(runs.items()):
-        c = _colour(cond, i)
-        acc = np.array([r.accuracy for r in rs]) * 100
+    for i, (cond, cond_runs) in enumerate(runs.items()):
+        colour = _colour(cond, i)
+        acc = np.array([r.accuracy for r in cond_runs]) * 100
         jitter = np.linspace(-0.12, 0.12, len(acc)) if len(acc) > 1 else np.zeros(1)
-        ax.scatter(i + jitter, acc, color=c, alpha=0.6, zorder=3)
-        for x, r, a in zip(i + jitter, rs, acc, strict=True):
+        ax.scatter(i + jitter, acc, color=colour, alpha=0.6, zorder=3)
+        for x, run, run_acc in zip(i + jitter, cond_runs, acc, strict=True):
             ax.annotate(
-                f"s{r.seed}", (x, a), textcoords="offset points", xytext=(4, 0), fontsize=7, color=c
+                f"s{run.seed}",
+                (x, run_acc),
+                textcoords="offset points",
+                xytext=(4, 0),
+                fontsize=7,
+                color=colour,
             )
-        s = summaries[cond]
+        summary = summaries[cond]
         ax.errorbar(
             i + 0.3,
-            s.mean * 100,
-            yerr=[[100 * (s.mean - s.ci_low)], [100 * (s.ci_high - s.mean)]],
+            summary.mean * 100,
+            yerr=[
+                [100 * (summary.mean - summary.ci_low)],
+                [100 * (summary.ci_high - summary.mean)],
+            ],
             fmt="D",
-            color=c,
+            color=colour,
             capsize=5,
             zorder=4,
         )
@@ -94,22 +103,22 @@ def test_accuracy_plot(
 
 
 def confusion_plot(
-    matrices: dict[str, np.ndarray], classes: list[str], path: Path, n_seeds: int
+    matrices: dict[str, np.ndarray], classes: list[str], path: Path, *, n_seeds: int
 ) -> None:
     """Confusion matrices summed over seeds, one panel per condition (rows: true class)."""
     plt = _plt()
-    k = len(matrices)
-    fig, axes = plt.subplots(1, k, figsize=(3.4 * k, 3.4), squeeze=False)
-    for ax, (cond, cm) in zip(axes[0], matrices.items(), strict=True):
-        ax.imshow(cm, cmap="Blues", vmin=0)
-        for (r, c), v in np.ndenumerate(cm):
+    n_panels = len(matrices)
+    fig, axes = plt.subplots(1, n_panels, figsize=(3.4 * n_panels, 3.4), squeeze=False)
+    for ax, (cond, matrix) in zip(axes[0], matrices.items(), strict=True):
+        ax.imshow(matrix, cmap="Blues", vmin=0)
+        for (true_idx, pred_idx), count in np.ndenumerate(matrix):
             ax.text(
-                c,
-                r,
-                str(v),
+                pred_idx,
+                true_idx,
+                str(count),
                 ha="center",
                 va="center",
-                color="white" if v > cm.max() / 2 else "black",
+                color="white" if count > matrix.max() / 2 else "black",
             )
         ax.set_xticks(range(len(classes)), classes)
         ax.set_yticks(range(len(classes)), classes)
@@ -120,13 +129,11 @@ def confusion_plot(
     _save(fig, path)
 
 
-def pairs_sheet(
-    pairs: list[tuple[np.ndarray, np.ndarray, str]], path: Path, thumb: int = 96
-) -> None:
+def pairs_sheet(pairs: list[tuple[np.ndarray, np.ndarray, str]], path: Path) -> None:
     """Synthetic image beside its nearest training image, one row per pair, captioned."""
     plt = _plt()
-    n = max(1, len(pairs))
-    fig, axes = plt.subplots(n, 2, figsize=(4.2, 2.0 * n), squeeze=False)
+    n_rows = max(1, len(pairs))
+    fig, axes = plt.subplots(n_rows, 2, figsize=(4.2, 2.0 * n_rows), squeeze=False)
     for row, (synth, real, caption) in zip(axes, pairs, strict=False):
         for ax, img, title in ((row[0], synth, caption), (row[1], real, "nearest training")):
             ax.imshow(img)

@@ -47,20 +47,22 @@ def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def kid(
-    x: np.ndarray, y: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+    x: np.ndarray, y: np.ndarray, *, subsets: int = 100, subset_size: int = 1000, seed: int = 0
 ) -> tuple[float, float, int]:
     """Unbiased polynomial-kernel MMD^2: (mean, std over subsets, subset size used)."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    m = min(subset_size, len(x), len(y))
+    m = min(subset_size, len(x), len(y))  # the subset size actually used
     if m < 2:
         raise ValueError("KID needs at least two images per set")
     rng = np.random.default_rng(seed)
     values = np.empty(subsets)
     for i in range(subsets):
-        xs = x[rng.choice(len(x), m, replace=False)]
-        ys = y[rng.choice(len(y), m, replace=False)]
-        kxx, kyy, kxy = _poly_kernel(xs, xs), _poly_kernel(ys, ys), _poly_kernel(xs, ys)
+        x_subset = x[rng.choice(len(x), m, replace=False)]
+        y_subset = y[rng.choice(len(y), m, replace=False)]
+        kxx = _poly_kernel(x_subset, x_subset)
+        kyy = _poly_kernel(y_subset, y_subset)
+        kxy = _poly_kernel(x_subset, y_subset)
         within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
         values[i] = within - 2.0 * kxy.mean()
     return float(values.mean()), float(values.std()), m
@@ -68,6 +70,8 @@ def kid(
 
 @dataclass(frozen=True)
 class Neighbour:
+    """A synthetic image's closest training image: a small distance flags a near copy."""
+
     index: int  # row of the training set
     distance: float  # cosine distance, 0 = same direction
 
@@ -82,17 +86,19 @@ def nearest_training(
 ) -> list[Neighbour]:
     """For each synthetic row, the closest training row by cosine distance."""
     centre = train.mean(0) if centre is None else centre
-    s = _unit(np.asarray(synthetic, np.float64) - centre)
-    t = _unit(np.asarray(train, np.float64) - centre)
-    dist = 1.0 - s @ t.T
-    idx = dist.argmin(axis=1)
-    return [Neighbour(int(i), float(max(0.0, dist[k, i]))) for k, i in enumerate(idx)]
+    synthetic_unit = _unit(np.asarray(synthetic, np.float64) - centre)
+    train_unit = _unit(np.asarray(train, np.float64) - centre)
+    dist = 1.0 - synthetic_unit @ train_unit.T
+    nearest = dist.argmin(axis=1)
+    return [
+        Neighbour(index=int(j), distance=float(max(0.0, dist[i, j]))) for i, j in enumerate(nearest)
+    ]
 
 
 def real_nn_distances(train: np.ndarray) -> np.ndarray:
     """Leave-one-out nearest-neighbour cosine distance among the training images."""
-    t = _unit(np.asarray(train, np.float64) - train.mean(0))
-    dist = 1.0 - t @ t.T
+    train_unit = _unit(np.asarray(train, np.float64) - train.mean(0))
+    dist = 1.0 - train_unit @ train_unit.T
     np.fill_diagonal(dist, np.inf)
     return np.maximum(0.0, dist.min(axis=1))
 
@@ -100,6 +106,7 @@ def real_nn_distances(train: np.ndarray) -> np.ndarray:
 def probe_accuracy(
     train_x: np.ndarray,
     train_y: np.ndarray,
+    *,
     test_x: np.ndarray,
     test_y: np.ndarray,
     n_classes: int,
@@ -113,23 +120,23 @@ def probe_accuracy(
     """
     import torch
 
-    mu = train_x.mean(0)
-    sd = train_x.std(0) + 1e-6
-    xt = torch.as_tensor((train_x - mu) / sd, dtype=torch.float64)
-    xe = torch.as_tensor((test_x - mu) / sd, dtype=torch.float64)
-    yt = torch.as_tensor(np.array(train_y), dtype=torch.long)
-    w = torch.zeros(xt.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+    mean = train_x.mean(0)
+    std = train_x.std(0) + 1e-6
+    x_train = torch.as_tensor((train_x - mean) / std, dtype=torch.float64)
+    x_test = torch.as_tensor((test_x - mean) / std, dtype=torch.float64)
+    y_train = torch.as_tensor(np.array(train_y), dtype=torch.long)
+    weights = torch.zeros(x_train.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, bias], max_iter=steps, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([weights, bias], max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xt @ w + bias, yt)
-        loss = loss + weight_decay * (w * w).sum()
+        loss = torch.nn.functional.cross_entropy(x_train @ weights + bias, y_train)
+        loss = loss + weight_decay * (weights * weights).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
-        pred = (xe @ w + bias).argmax(1).numpy()
+        pred = (x_test @ weights + bias).argmax(1).numpy()
     return float(np.mean(pred == np.asarray(test_y)))

@@ -9,12 +9,16 @@ forge, an editor preview, or as an MLflow artifact beside its plots folder.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lymphaug.common.config import Params
 from lymphaug.common.paths import Layout
 from lymphaug.comparison import stats
 from lymphaug.comparison.stats import format_p
+
+if TYPE_CHECKING:  # for annotations only; never imported at run time
+    from lymphaug.compare import Analysis
+    from lymphaug.comparison.synthetic_quality import QualityReport
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -29,32 +33,50 @@ def _f(x: float | None, fmt: str = ".3g") -> str:
     return format(x, fmt)
 
 
-def _summary_cell(s: stats.Summary) -> str:
-    if s.n < 2:
-        return f"{_pct(s.mean)} (one seed)"
-    return f"{_pct(s.mean)} ± {_pct(s.std)} [{_pct(s.ci_low)}, {_pct(s.ci_high)}]"
+def _summary_cell(summary: stats.Summary) -> str:
+    if summary.n < 2:
+        return f"{_pct(summary.mean)} (one seed)"
+    return (
+        f"{_pct(summary.mean)} ± {_pct(summary.std)} "
+        f"[{_pct(summary.ci_low)}, {_pct(summary.ci_high)}]"
+    )
 
 
-def render(a, q, q_skipped: str, params: Params, layout: Layout, plot_dir: Path) -> str:
-    """The whole report as markdown text (deterministic for the same inputs)."""
-    conf = int(round(100 * (1 - a.alpha)))
-    n_seeds = len(a.seeds)
-    t = params.train
+def render(
+    analysis: Analysis,
+    quality: QualityReport | None,
+    *,
+    quality_skipped: str,
+    params: Params,
+    layout: Layout,
+) -> str:
+    """The whole report as markdown text (deterministic for the same inputs).
+
+    ``quality`` is None when the synthetic images could not be assessed; then
+    ``quality_skipped`` says why. Figures are linked relatively, as ``compare/*.png``.
+    """
+    conf = int(round(100 * (1 - analysis.alpha)))
+    n_seeds = len(analysis.seeds)
+    n_test = analysis.n_test
+    train = params.train
+    conditions = ", ".join(f"`{condition}`" for condition in analysis.conditions)
+    backbone = "frozen backbone" if train.freeze_backbone else "fine-tuned"
+    seed_list = ", ".join(map(str, analysis.seeds))
     lines = [
         "# Does augmentation help? Comparison report",
         "",
         "## What was run",
         "",
-        f"- Conditions: {', '.join(f'`{c}`' for c in a.conditions)}; classifier `{t.arch}` "
-        f"(weights `{t.weights}`, {'frozen backbone' if t.freeze_backbone else 'fine-tuned'}), "
-        f"{t.epochs} epochs, input {t.input_size} px; the test-set numbers come from the "
+        f"- Conditions: {conditions}; classifier `{train.arch}` "
+        f"(weights `{train.weights}`, {backbone}), "
+        f"{train.epochs} epochs, input {train.input_size} px; the test-set numbers come from the "
         "epoch with the best validation accuracy.",
-        f"- **{n_seeds} seed{'s' if n_seeds != 1 else ''}** ({', '.join(map(str, a.seeds))}) "
-        f"per condition, each scored on the same **{a.n_test} real test images** "
-        f"({n_seeds * a.n_test} paired image predictions per comparison). Classes: "
-        f"{', '.join(a.classes)}.",
-        f"- One test image is {100 / a.n_test:.1f} accuracy points; significance level "
-        f"{a.alpha:g}; {params.compare.bootstrap_resamples} bootstrap resamples "
+        f"- **{n_seeds} seed{'s' if n_seeds != 1 else ''}** ({seed_list}) "
+        f"per condition, each scored on the same **{n_test} real test images** "
+        f"({n_seeds * n_test} paired image predictions per comparison). Classes: "
+        f"{', '.join(analysis.classes)}.",
+        f"- One test image is {100 / n_test:.1f} accuracy points; significance level "
+        f"{analysis.alpha:g}; {params.compare.bootstrap_resamples} bootstrap resamples "
         f"(seed {params.compare.seed}).",
     ]
     if n_seeds < 2:
@@ -69,13 +91,13 @@ def render(a, q, q_skipped: str, params: Params, layout: Layout, plot_dir: Path)
             f"{stats.wilcoxon_min_p(n_seeds):.3g}; six seeds are the minimum)."
         )
     lines += ["", "## Verdicts (accuracy, augmented minus base)", ""]
-    if not a.verdicts:
+    if not analysis.verdicts:
         lines.append("No `base` condition: nothing to compare against.")
-    for c, v in a.verdicts.items():
-        lines.append(f"- **{c}**: {v}")
-    if a.f1_verdicts:
+    for condition, line in analysis.verdicts.items():
+        lines.append(f"- **{condition}**: {line}")
+    if analysis.f1_verdicts:
         lines += ["", "Macro-F1, same pairing (no McNemar: F1 is not a per-image outcome):", ""]
-        lines += [f"- {c}: {v}" for c, v in a.f1_verdicts.items()]
+        lines += [f"- {condition}: {line}" for condition, line in analysis.f1_verdicts.items()]
 
     lines += [
         "",
@@ -86,13 +108,14 @@ def render(a, q, q_skipped: str, params: Params, layout: Layout, plot_dir: Path)
         "| condition | accuracy | macro-F1 | accuracy per seed |",
         "|---|---|---|---|",
     ]
-    for c in a.conditions:
-        s = a.summaries[c]
-        seeds = ", ".join(_pct(v) for v in a.per_seed[c]["accuracy"])
+    for condition in analysis.conditions:
+        summary = analysis.summaries[condition]
+        per_seed = ", ".join(_pct(v) for v in analysis.per_seed[condition]["accuracy"])
         lines.append(
-            f"| {c} | {_summary_cell(s['accuracy'])} | {_summary_cell(s['macro_f1'])} | {seeds} |"
+            f"| {condition} | {_summary_cell(summary['accuracy'])} "
+            f"| {_summary_cell(summary['macro_f1'])} | {per_seed} |"
         )
-    if a.comparisons:
+    if analysis.comparisons:
         lines += [
             "",
             "## Paired comparisons against base",
@@ -101,19 +124,21 @@ def render(a, q, q_skipped: str, params: Params, layout: Layout, plot_dir: Path)
             "Cohen's d_z | McNemar b / c | McNemar p | odds ratio c/b |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for c, comps in a.comparisons.items():
-            d, mc = comps["accuracy"], a.mcnemar[c]
+        for condition, comps in analysis.comparisons.items():
+            acc, mcn = comps["accuracy"], analysis.mcnemar[condition]
             lines.append(
-                f"| {c} | {100 * d.diff.mean:+.1f} [{_pct(d.diff.ci_low)}, {_pct(d.diff.ci_high)}]"
-                f" | {format_p(d.t.p)} | {format_p(d.wilcoxon.p)} | {_f(d.dz, '.2f')} "
-                f"| {mc.b} / {mc.c} | {format_p(mc.p)} ({mc.method}) | {_f(mc.odds_ratio, '.2f')} |"
+                f"| {condition} | {100 * acc.diff.mean:+.1f} "
+                f"[{_pct(acc.diff.ci_low)}, {_pct(acc.diff.ci_high)}]"
+                f" | {format_p(acc.t.p)} | {format_p(acc.wilcoxon.p)} | {_f(acc.dz, '.2f')} "
+                f"| {mcn.b} / {mcn.c} | {format_p(mcn.p)} ({mcn.method}) "
+                f"| {_f(mcn.odds_ratio, '.2f')} |"
             )
         notes = sorted(
             {
-                f"{c}: {x.note}"
-                for c, comps in a.comparisons.items()
-                for x in (comps["accuracy"].t, comps["accuracy"].wilcoxon)
-                if x.note
+                f"{condition}: {test.note}"
+                for condition, comps in analysis.comparisons.items()
+                for test in (comps["accuracy"].t, comps["accuracy"].wilcoxon)
+                if test.note
             }
         )
         lines += ["", "How to read it:", ""]
@@ -135,7 +160,7 @@ def render(a, q, q_skipped: str, params: Params, layout: Layout, plot_dir: Path)
             "- Cohen's d_z = mean / std of the per-seed differences (n/a with fewer than two "
             "seeds or identical differences).",
         ]
-        lines += [f"- Note — {n}" for n in notes]
+        lines += [f"- Note — {note}" for note in notes]
 
     lines += [
         "",
@@ -151,23 +176,23 @@ def render(a, q, q_skipped: str, params: Params, layout: Layout, plot_dir: Path)
         "![Confusion matrices summed over seeds](compare/confusion_matrices.png)",
         "",
     ]
-    lines += _quality_section(q, q_skipped, layout)
+    lines += _quality_section(quality, quality_skipped, layout)
     return "\n".join(lines) + "\n"
 
 
-def _quality_section(q, skipped: str, layout: Layout) -> list[str]:
+def _quality_section(quality: QualityReport | None, skipped: str, layout: Layout) -> list[str]:
     lines = ["## Synthetic images", ""]
     if (layout.reports / "synthetic_contact_sheet.png").is_file():
         lines += ["![Real vs synthetic contact sheet](synthetic_contact_sheet.png)", ""]
-    if q is None:
+    if quality is None:
         return lines + [f"Quality not assessed: {skipped}", ""]
     lines += [
-        f"Feature extractor: **{q.extractor_description}**. FID/KID values from different "
-        "extractors are not comparable with each other or with published FIDs."
+        f"Feature extractor: **{quality.extractor_description}**. FID/KID values from "
+        "different extractors are not comparable with each other or with published FIDs."
         + (
-            f" The features were divided by {q.feature_scale:.3g}, the root-mean-square of the "
-            "real training features (a classifier's features have no conventional scale)."
-            if q.feature_scale != 1.0
+            f" The features were divided by {quality.feature_scale:.3g}, the root-mean-square "
+            "of the real training features (a classifier's features have no conventional scale)."
+            if quality.feature_scale != 1.0
             else ""
         ),
         "",
@@ -175,11 +200,12 @@ def _quality_section(q, skipped: str, layout: Layout) -> list[str]:
         "real-vs-real FID | real-vs-real KID |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in q.per_class:
-        kid = "n/a" if r.kid is None else f"{r.kid:.4g} ± {r.kid_std:.3g}"
+    for row in quality.per_class:
+        kid = "n/a" if row.kid is None else f"{row.kid:.4g} ± {row.kid_std:.3g}"
         lines.append(
-            f"| {r.name} | {r.n_real} | {r.n_synthetic} | {_f(r.fid, '.4g')} | {kid} | "
-            f"{r.kid_subset or 'n/a'} | {_f(r.fid_real_val, '.4g')} | {_f(r.kid_real_val, '.4g')} |"
+            f"| {row.name} | {row.n_real} | {row.n_synthetic} | {_f(row.fid, '.4g')} | {kid} | "
+            f"{row.kid_subset or 'n/a'} | {_f(row.fid_real_val, '.4g')} "
+            f"| {_f(row.kid_real_val, '.4g')} |"
         )
     lines += [
         "",
@@ -190,25 +216,27 @@ def _quality_section(q, skipped: str, layout: Layout) -> list[str]:
         "are noisy: the real-vs-real columns (training vs validation images of the class) show "
         "what two real sets of this size score.",
         "",
-        f"- Train on synthetic, test on real (TSTR): **{_pct(q.tstr_accuracy)}%** on "
-        f"{q.n_test} real test images; the same probe trained on the real training images "
-        f"(TRTR): {_pct(q.trtr_accuracy)}%. Probe: multinomial logistic regression (L-BFGS, "
-        "L2) on the standardised extractor features; not the study's classifier.",
+        f"- Train on synthetic, test on real (TSTR): **{_pct(quality.tstr_accuracy)}%** on "
+        f"{quality.n_test} real test images; the same probe trained on the real training "
+        f"images (TRTR): {_pct(quality.trtr_accuracy)}%. Probe: multinomial logistic "
+        "regression (L-BFGS, L2) on the standardised extractor features; not the study's "
+        "classifier.",
         f"- Memorisation: cosine distance (features centred by the training mean) from each "
         f"synthetic image to its nearest training image; real training images lie a median "
-        f"{q.real_nn_median:.3f} from their nearest other training image. Near copies "
-        f"(distance < {q.threshold:g}): **{len(q.near_copies)}** of {len(q.distances)}.",
+        f"{quality.real_nn_median:.3f} from their nearest other training image. Near copies "
+        f"(distance < {quality.threshold:g}): **{len(quality.near_copies)}** of "
+        f"{len(quality.distances)}.",
     ]
-    if q.near_copies:
+    if quality.near_copies:
         lines += [
             "",
             "| synthetic | nearest training | distance | its img2img source |",
             "|---|---|---|---|",
         ]
         lines += [
-            f"| {n.synthetic} | {n.nearest} | {n.distance:.4f} | "
-            f"{'yes' if n.same_as_source else 'no'} |"
-            for n in q.near_copies
+            f"| {copy.synthetic} | {copy.nearest} | {copy.distance:.4f} | "
+            f"{'yes' if copy.same_as_source else 'no'} |"
+            for copy in quality.near_copies
         ]
     lines += [
         "",

@@ -28,8 +28,11 @@ from lymphaug.common.metrics import confusion_matrix, macro_f1
 from lymphaug.common.paths import Layout
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunResult:
+    """One (condition, seed) training run as the comparison needs it: per-image outcomes,
+    so every score is recomputed here rather than trusted from the run's own summary."""
+
     condition: str
     seed: int
     paths: tuple[str, ...]  # test images, sorted
@@ -41,20 +44,24 @@ class RunResult:
 
     @property
     def correct(self) -> np.ndarray:
+        """Per-image outcome, aligned with ``paths``: what McNemar pairs across conditions."""
         return self.labels == self.predicted
 
     @property
     def accuracy(self) -> float:
+        """Test accuracy recomputed from the per-image predictions."""
         return float(self.correct.mean())
 
     def confusion(self, n_classes: int) -> np.ndarray:
+        """Rows: true class, columns: predicted (shared with the training stage's metrics)."""
         return confusion_matrix(self.labels, self.predicted, n_classes)
 
     def macro_f1(self, n_classes: int) -> float:
+        """Macro-F1 from the same confusion matrix, so it agrees with the training stage."""
         return macro_f1(self.confusion(n_classes))
 
 
-def _as_index(values: pd.Series, classes: list[str], source: Path, column: str) -> np.ndarray:
+def _as_index(values: pd.Series, classes: list[str], *, source: Path, column: str) -> np.ndarray:
     out = pd.to_numeric(values, errors="coerce").to_numpy()
     if (
         np.isnan(out).any()
@@ -76,6 +83,7 @@ def _relative(path: str, root: Path) -> str:
 
 
 def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> RunResult:
+    """One run's outputs, checked and sorted by image path so runs can be paired by row."""
     folder = layout.train_report(condition, seed)
     pred_path = folder / "predictions.csv"
     if not pred_path.is_file():
@@ -95,11 +103,11 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
         dup = pred.loc[pred["path"].duplicated(), "path"].iloc[0]
         raise DataError(f"{pred_path}: test image {dup} appears more than once")
     pred = pred.sort_values("path", kind="stable").reset_index(drop=True)
-    labels = _as_index(pred["label"], classes, pred_path, "label")
-    predicted = _as_index(pred["predicted"], classes, pred_path, "predicted")
+    labels = _as_index(pred["label"], classes, source=pred_path, column="label")
+    predicted = _as_index(pred["predicted"], classes, source=pred_path, column="predicted")
 
     epochs, val_acc = _read_history(folder / "history.csv")
-    best = None
+    best_epoch = None
     metrics_path = folder / "metrics.json"
     if metrics_path.is_file():
         try:
@@ -107,8 +115,17 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
         except json.JSONDecodeError as err:
             raise DataError(f"{metrics_path}: not valid JSON ({err})") from None
         value = metrics.get("best_epoch") if isinstance(metrics, dict) else None
-        best = int(value) if isinstance(value, int | float) else None
-    return RunResult(condition, seed, tuple(pred["path"]), labels, predicted, epochs, val_acc, best)
+        best_epoch = int(value) if isinstance(value, int | float) else None
+    return RunResult(
+        condition=condition,
+        seed=seed,
+        paths=tuple(pred["path"]),
+        labels=labels,
+        predicted=predicted,
+        epochs=epochs,
+        val_accuracy=val_acc,
+        best_epoch=best_epoch,
+    )
 
 
 def _read_history(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -150,9 +167,14 @@ def curves_table(layout: Layout, conditions: list[str], seeds: list[int]) -> pd.
 def pooled_predictions(runs: list[RunResult], classes: list[str]) -> pd.DataFrame:
     """One condition's test predictions over all its seeds: a confusion plot pools them."""
     rows = [
-        {"seed": r.seed, "path": p, "class": classes[t], "predicted_class": classes[y]}
-        for r in runs
-        for p, t, y in zip(r.paths, r.labels, r.predicted, strict=True)
+        {
+            "seed": run.seed,
+            "path": path,
+            "class": classes[label],
+            "predicted_class": classes[predicted],
+        }
+        for run in runs
+        for path, label, predicted in zip(run.paths, run.labels, run.predicted, strict=True)
     ]
     return pd.DataFrame(rows, columns=["seed", "path", "class", "predicted_class"])
 
@@ -162,10 +184,10 @@ def read_all(
 ) -> dict[str, list[RunResult]]:
     """Every (condition, seed) result; refuses missing runs and mismatched test sets."""
     missing = [
-        f"{c} seed {s} ({layout.train_report(c, s) / 'predictions.csv'})"
-        for c in conditions
-        for s in seeds
-        if not (layout.train_report(c, s) / "predictions.csv").is_file()
+        f"{condition} seed {seed} ({layout.train_report(condition, seed) / 'predictions.csv'})"
+        for condition in conditions
+        for seed in seeds
+        if not (layout.train_report(condition, seed) / "predictions.csv").is_file()
     ]
     if missing:
         raise DataError(
@@ -173,29 +195,33 @@ def read_all(
             f"{' ...' if len(missing) > 6 else ''} (run `dvc repro` so `lymphaug train` "
             "writes them)"
         )
-    runs = {c: [read_run(layout, c, s, classes) for s in seeds] for c in conditions}
+    runs = {
+        condition: [read_run(layout, condition, seed, classes) for seed in seeds]
+        for condition in conditions
+    }
     check_pairing(runs)
     return runs
 
 
 def check_pairing(runs: dict[str, list[RunResult]]) -> None:
     """Every run must score the same test images with the same labels."""
-    all_runs = [r for rs in runs.values() for r in rs]
+    all_runs = [run for cond_runs in runs.values() for run in cond_runs]
     ref = all_runs[0]
-    for r in all_runs[1:]:
-        if r.paths != ref.paths:
-            only_ref = sorted(set(ref.paths) - set(r.paths))
-            only_r = sorted(set(r.paths) - set(ref.paths))
+    for run in all_runs[1:]:
+        if run.paths != ref.paths:
+            only_ref = sorted(set(ref.paths) - set(run.paths))
+            only_run = sorted(set(run.paths) - set(ref.paths))
             raise DataError(
-                f"{r.condition} seed {r.seed} was tested on different images than "
-                f"{ref.condition} seed {ref.seed} ({len(r.paths)} vs {len(ref.paths)} images; "
-                f"only in {ref.condition}/{ref.seed}: {only_ref[:3]}, only in "
-                f"{r.condition}/{r.seed}: {only_r[:3]}): paired tests would pair the wrong "
-                "images; retrain both on the same split"
+                f"{run.condition} seed {run.seed} was tested on different images than "
+                f"{ref.condition} seed {ref.seed} ({len(run.paths)} vs {len(ref.paths)} "
+                f"images; only in {ref.condition}/{ref.seed}: {only_ref[:3]}, only in "
+                f"{run.condition}/{run.seed}: {only_run[:3]}): paired tests would pair the "
+                "wrong images; retrain both on the same split"
             )
-        if not np.array_equal(r.labels, ref.labels):
-            k = int(np.flatnonzero(r.labels != ref.labels)[0])
+        if not np.array_equal(run.labels, ref.labels):
+            first = int(np.flatnonzero(run.labels != ref.labels)[0])
             raise DataError(
-                f"{r.condition} seed {r.seed} labels test image {r.paths[k]} differently from "
-                f"{ref.condition} seed {ref.seed}: the runs used different class lists or data"
+                f"{run.condition} seed {run.seed} labels test image {run.paths[first]} "
+                f"differently from {ref.condition} seed {ref.seed}: the runs used different "
+                "class lists or data"
             )

@@ -28,7 +28,7 @@ WILCOXON_EXACT_MAX_N = 16
 WILCOXON_ZERO_METHOD = "pratt"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Summary:
     """Mean, std and percentile-bootstrap CI of the mean of one metric over seeds."""
 
@@ -39,7 +39,7 @@ class Summary:
     ci_high: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TestResult:
     """One p-value with what produced it; ``p`` is None when the test cannot run."""
 
@@ -50,7 +50,7 @@ class TestResult:
 
 
 def bootstrap_ci(
-    values: np.ndarray, resamples: int, alpha: float, seed: int
+    values: np.ndarray, *, resamples: int, alpha: float, seed: int
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean, deterministic for ``seed``.
 
@@ -69,26 +69,33 @@ def bootstrap_ci(
     return float(low), float(high)
 
 
-def summarise(values: np.ndarray, resamples: int, alpha: float, seed: int) -> Summary:
+def summarise(values: np.ndarray, *, resamples: int, alpha: float, seed: int) -> Summary:
+    """One metric over seeds as the report shows it: the spread and the CI side by side,
+    so a mean is never read without its uncertainty."""
     values = np.asarray(values, dtype=np.float64)
-    low, high = bootstrap_ci(values, resamples, alpha, seed)
+    low, high = bootstrap_ci(values, resamples=resamples, alpha=alpha, seed=seed)
     std = float(values.std(ddof=1)) if values.size > 1 else math.nan
-    return Summary(int(values.size), float(values.mean()), std, low, high)
+    return Summary(n=int(values.size), mean=float(values.mean()), std=std, ci_low=low, ci_high=high)
 
 
 def paired_t(a: np.ndarray, b: np.ndarray) -> TestResult:
     """scipy.stats.ttest_rel(b, a), two-sided, with the degenerate cases made explicit."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    d = b - a
+    diffs = b - a
     method = "paired t-test (scipy.stats.ttest_rel, two-sided)"
-    if d.size < 2:
-        return TestResult(None, None, method, "needs at least two seeds")
-    if np.all(d == d[0]):
-        if d[0] == 0:
-            return TestResult(1.0, 0.0, method, "all differences are zero")
-        return TestResult(None, None, method, "undefined: every seed differs by the same amount")
+    if diffs.size < 2:
+        return TestResult(p=None, statistic=None, method=method, note="needs at least two seeds")
+    if np.all(diffs == diffs[0]):
+        if diffs[0] == 0:
+            return TestResult(p=1.0, statistic=0.0, method=method, note="all differences are zero")
+        return TestResult(
+            p=None,
+            statistic=None,
+            method=method,
+            note="undefined: every seed differs by the same amount",
+        )
     res = stats.ttest_rel(b, a)
-    return TestResult(float(res.pvalue), float(res.statistic), method)
+    return TestResult(p=float(res.pvalue), statistic=float(res.statistic), method=method)
 
 
 def wilcoxon_min_p(n_nonzero: int) -> float:
@@ -108,20 +115,22 @@ def wilcoxon(a: np.ndarray, b: np.ndarray, alpha: float = 0.05) -> TestResult:
     (scipy's PermutationMethod), which is exact conditional on the ties; above
     that, the normal approximation with tie correction.
     """
-    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    n_nonzero = int(np.count_nonzero(d))
+    diffs = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    n_nonzero = int(np.count_nonzero(diffs))
     name = f"Wilcoxon signed-rank (scipy.stats.wilcoxon, zero_method='{WILCOXON_ZERO_METHOD}'"
-    if d.size < 2:
-        return TestResult(None, None, name + ")", "needs at least two seeds")
+    if diffs.size < 2:
+        return TestResult(
+            p=None, statistic=None, method=name + ")", note="needs at least two seeds"
+        )
     if n_nonzero == 0:
-        return TestResult(1.0, 0.0, name + ")", "all differences are zero")
+        return TestResult(p=1.0, statistic=0.0, method=name + ")", note="all differences are zero")
     notes = []
-    if n_nonzero < d.size:
-        notes.append(f"{d.size - n_nonzero} zero difference(s) ranked then dropped")
-    nz = np.abs(d[d != 0])
-    if np.unique(nz).size < nz.size:
+    if n_nonzero < diffs.size:
+        notes.append(f"{diffs.size - n_nonzero} zero difference(s) ranked then dropped")
+    nonzero_sizes = np.abs(diffs[diffs != 0])
+    if np.unique(nonzero_sizes).size < nonzero_sizes.size:
         notes.append("tied |differences| (mid-ranks)")
-    if d.size <= WILCOXON_EXACT_MAX_N:
+    if diffs.size <= WILCOXON_EXACT_MAX_N:
         # n_resamples=inf: enumerate every sign flip (a finite count would sample them)
         method = stats.PermutationMethod(n_resamples=np.inf)
         name += ", exact: all 2^n sign flips)"
@@ -133,11 +142,16 @@ def wilcoxon(a: np.ndarray, b: np.ndarray, alpha: float = 0.05) -> TestResult:
     else:
         method = "approx"
         name += ", normal approximation with tie correction)"
-    res = stats.wilcoxon(d, zero_method=WILCOXON_ZERO_METHOD, method=method)
-    return TestResult(float(min(1.0, res.pvalue)), float(res.statistic), name, "; ".join(notes))
+    res = stats.wilcoxon(diffs, zero_method=WILCOXON_ZERO_METHOD, method=method)
+    return TestResult(
+        p=float(min(1.0, res.pvalue)),
+        statistic=float(res.statistic),
+        method=name,
+        note="; ".join(notes),
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class McNemar:
     """McNemar's test on paired correct/incorrect outcomes.
 
@@ -156,6 +170,7 @@ class McNemar:
 
 
 def discordant_counts(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[int, int]:
+    """(b, c): only the pairs where the two conditions disagree carry McNemar's evidence."""
     correct_a = np.asarray(correct_a, dtype=bool)
     correct_b = np.asarray(correct_b, dtype=bool)
     if correct_a.shape != correct_b.shape:
@@ -171,32 +186,35 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemar:
     correction, (|b - c| - 1)^2 / (b + c), 1 degree of freedom.
     """
     b, c = discordant_counts(correct_a, correct_b)
-    n = b + c
+    n_discordant = b + c
     odds = (c + 0.5) / (b + 0.5) if b == 0 or c == 0 else c / b
-    if n == 0:
-        return McNemar(len(correct_a), b, c, 1.0, None, "no discordant pairs", odds)
-    if n < MCNEMAR_EXACT_BELOW:
-        p = stats.binomtest(min(b, c), n, 0.5).pvalue
-        return McNemar(len(correct_a), b, c, float(min(1.0, p)), None, "exact binomial", odds)
-    stat = (abs(b - c) - 1) ** 2 / n
-    p = stats.chi2.sf(stat, 1)
+    n_pairs = len(correct_a)
+    if n_discordant == 0:
+        p, statistic, method = 1.0, None, "no discordant pairs"
+    elif n_discordant < MCNEMAR_EXACT_BELOW:
+        p = float(min(1.0, stats.binomtest(min(b, c), n_discordant, 0.5).pvalue))
+        statistic, method = None, "exact binomial"
+    else:
+        chi2 = (abs(b - c) - 1) ** 2 / n_discordant
+        p, statistic = float(stats.chi2.sf(chi2, 1)), float(chi2)
+        method = "chi-square, continuity-corrected"
     return McNemar(
-        len(correct_a), b, c, float(p), float(stat), "chi-square, continuity-corrected", odds
+        n_pairs=n_pairs, b=b, c=c, p=p, statistic=statistic, method=method, odds_ratio=odds
     )
 
 
 def cohens_dz(a: np.ndarray, b: np.ndarray) -> float | None:
     """Effect size of paired differences: mean(b - a) / std(b - a, ddof=1)."""
-    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    if d.size < 2:
+    diffs = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    if diffs.size < 2:
         return None
-    sd = d.std(ddof=1)
+    sd = diffs.std(ddof=1)
     if sd == 0:
         return None
-    return float(d.mean() / sd)
+    return float(diffs.mean() / sd)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Comparison:
     """One augmented condition against base, on one metric (values as fractions)."""
 
@@ -212,25 +230,28 @@ class Comparison:
 def compare_paired(
     condition: str,
     metric: str,
+    *,
     base: np.ndarray,
     other: np.ndarray,
     resamples: int,
     alpha: float,
     seed: int,
 ) -> Comparison:
+    """``other`` against ``base``, seed by seed: every seed-level test of one verdict in one
+    value, so the table and the verdict line cannot disagree about the numbers."""
     base = np.asarray(base, dtype=np.float64)
     other = np.asarray(other, dtype=np.float64)
     if base.shape != other.shape:
         raise ValueError(f"{condition}: {metric} over {other.size} seeds vs base {base.size}")
-    diff = summarise(other - base, resamples, alpha, seed)
+    diff = summarise(other - base, resamples=resamples, alpha=alpha, seed=seed)
     return Comparison(
-        condition,
-        metric,
-        int(base.size),
-        diff,
-        paired_t(base, other),
-        wilcoxon(base, other, alpha),
-        cohens_dz(base, other),
+        condition=condition,
+        metric=metric,
+        n_seeds=int(base.size),
+        diff=diff,
+        t=paired_t(base, other),
+        wilcoxon=wilcoxon(base, other, alpha=alpha),
+        dz=cohens_dz(base, other),
     )
 
 
@@ -241,22 +262,22 @@ def format_p(value: float | None) -> str:
     return f"{value:.3g}" if value >= 0.001 else "<0.001"
 
 
-def verdict(comp: Comparison, mc: McNemar | None, alpha: float, n_test_images: int) -> str:
+def verdict(comp: Comparison, mc: McNemar | None, *, alpha: float, n_test_images: int) -> str:
     """One plain-language line: direction and size, CI, significance, every p-value.
 
     The decision uses the paired t-test across seeds (seeds are the replication
     unit); McNemar disagreeing is mentioned, not used to overrule it.
     """
-    pts = 100 * comp.diff.mean
+    points = 100 * comp.diff.mean
     ci = f"95% CI [{100 * comp.diff.ci_low:.1f}, {100 * comp.diff.ci_high:.1f}]"
     if alpha != 0.05:
         ci = ci.replace("95%", f"{100 * (1 - alpha):g}%")
-    size = f"{pts:+.1f} points"
+    size = f"{points:+.1f} points"
     design = f"{comp.n_seeds} seed{'s' if comp.n_seeds != 1 else ''} x {n_test_images} test images"
-    ps = [f"paired t p={format_p(comp.t.p)}", f"Wilcoxon p={format_p(comp.wilcoxon.p)}"]
+    p_values = [f"paired t p={format_p(comp.t.p)}", f"Wilcoxon p={format_p(comp.wilcoxon.p)}"]
     if mc is not None:
-        ps.append(f"McNemar p={format_p(mc.p)}")
-    detail = f"({'; '.join([', '.join(ps), design])})"
+        p_values.append(f"McNemar p={format_p(mc.p)}")
+    detail = f"({'; '.join([', '.join(p_values), design])})"
     if comp.n_seeds < 2:
         return (
             f"{size}, no CI or seed-level test: the paired tests need at least two seeds {detail}"
@@ -264,7 +285,7 @@ def verdict(comp: Comparison, mc: McNemar | None, alpha: float, n_test_images: i
     if comp.t.p is None:
         decision = "significance undefined (" + comp.t.note + ")"
     elif comp.t.p < alpha:
-        better = "better" if pts > 0 else "worse"
+        better = "better" if points > 0 else "worse"
         decision = f"significant at {alpha:g} ({better} than base)"
     else:
         decision = f"not significant at {alpha:g}"

@@ -24,8 +24,10 @@ from lymphaug.comparison.features import Extractor, choose
 KID_SUBSETS = 100
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ClassQuality:
+    """One row of the report's FID/KID table, with the real-vs-real yardstick beside it."""
+
     name: str  # a class, or "all"
     n_real: int
     n_synthetic: int
@@ -37,16 +39,20 @@ class ClassQuality:
     kid_real_val: float | None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class NearCopy:
+    """A synthetic image suspiciously close to a training image (possible memorisation)."""
+
     synthetic: str
     nearest: str
     distance: float
     same_as_source: bool
 
 
-@dataclass
+@dataclass(kw_only=True)
 class QualityReport:
+    """Every synthetic-quality number of the report and metrics.json, computed once."""
+
     extractor: str
     extractor_description: str
     feature_scale: float  # features were divided by this (1.0: raw ImageNet features)
@@ -61,11 +67,14 @@ class QualityReport:
     closest: list[tuple[Path, Path, str]] = field(default_factory=list)  # for the sheet
 
 
-def _fid_kid(a: np.ndarray, b: np.ndarray, seed: int):
-    if len(a) < 2 or len(b) < 2:
+def _fid_kid(real: np.ndarray, other: np.ndarray, seed: int):
+    """(FID, KID, KID std, KID subset size), all None when either set has under two rows."""
+    if len(real) < 2 or len(other) < 2:
         return None, None, None, None
-    k, ks, m = image_metrics.kid(a, b, KID_SUBSETS, min(len(a), len(b)), seed)
-    return image_metrics.fid(a, b), k, ks, m
+    kid, kid_std, subset_size = image_metrics.kid(
+        real, other, subsets=KID_SUBSETS, subset_size=min(len(real), len(other)), seed=seed
+    )
+    return image_metrics.fid(real, other), kid, kid_std, subset_size
 
 
 def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -> QualityReport:
@@ -77,19 +86,25 @@ def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -
     split = manifest.read_table(layout.split_csv, manifest.SPLIT_COLUMNS)
     manifest.assert_train_only([s for s in synth["source"] if s], split, "compare (TSTR probe)")
     synth = synth[synth["class"].isin(classes)].sort_values("path").reset_index(drop=True)
-    by = {
-        s: split[split["split"] == s].sort_values("path").reset_index(drop=True)
-        for s in manifest.SPLITS
+    by_split = {
+        name: split[split["split"] == name].sort_values("path").reset_index(drop=True)
+        for name in manifest.SPLITS
     }
     if extractor is None:
-        t = params.train
+        train_cfg = params.train
         extractor = choose(
-            cfg.feature_extractor, layout, t.arch, t.input_size, len(classes), t.seeds[0]
+            cfg.feature_extractor,
+            layout,
+            arch=train_cfg.arch,
+            input_size=train_cfg.input_size,
+            n_classes=len(classes),
+            seed=train_cfg.seeds[0],
         )
+    # f_*: feature matrices (one row per image); y_*: class indices
     f_syn = extractor.features([folder / p for p in synth["path"]])
-    f_tr = extractor.features([layout.raw / p for p in by["train"]["path"]])
-    f_val = extractor.features([layout.raw / p for p in by["val"]["path"]])
-    f_te = extractor.features([layout.raw / p for p in by["test"]["path"]])
+    f_tr = extractor.features([layout.raw / p for p in by_split["train"]["path"]])
+    f_val = extractor.features([layout.raw / p for p in by_split["val"]["path"]])
+    f_te = extractor.features([layout.raw / p for p in by_split["test"]["path"]])
     scale = 1.0
     if extractor.name == "classifier" and len(f_tr) >= 2:
         # A trained-from-scratch or random-init body has no conventional feature scale
@@ -101,63 +116,82 @@ def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -
         f_syn, f_tr, f_val, f_te = (f / scale for f in (f_syn, f_tr, f_val, f_te))
     index = {c: i for i, c in enumerate(classes)}
     y_syn = synth["class"].map(index).to_numpy()
-    y_tr = by["train"]["class"].map(index).to_numpy()
-    y_val = by["val"]["class"].map(index).to_numpy()
-    y_te = by["test"]["class"].map(index).to_numpy()
+    y_tr = by_split["train"]["class"].map(index).to_numpy()
+    y_val = by_split["val"]["class"].map(index).to_numpy()
+    y_te = by_split["test"]["class"].map(index).to_numpy()
 
     rows = []
-    for name, ms, mt, mv in [
+    for name, syn_mask, train_mask, val_mask in [
         *((c, y_syn == i, y_tr == i, y_val == i) for c, i in index.items()),
         ("all", np.ones(len(y_syn), bool), np.ones(len(y_tr), bool), np.ones(len(y_val), bool)),
     ]:
-        fid, kid, kid_std, m = _fid_kid(f_tr[mt], f_syn[ms], cfg.seed)
-        fid_rv, kid_rv, _, _ = _fid_kid(f_tr[mt], f_val[mv], cfg.seed)
+        fid, kid, kid_std, kid_subset = _fid_kid(f_tr[train_mask], f_syn[syn_mask], cfg.seed)
+        fid_real_val, kid_real_val, _, _ = _fid_kid(f_tr[train_mask], f_val[val_mask], cfg.seed)
         rows.append(
-            ClassQuality(name, int(mt.sum()), int(ms.sum()), fid, kid, kid_std, m, fid_rv, kid_rv)
+            ClassQuality(
+                name=name,
+                n_real=int(train_mask.sum()),
+                n_synthetic=int(syn_mask.sum()),
+                fid=fid,
+                kid=kid,
+                kid_std=kid_std,
+                kid_subset=kid_subset,
+                fid_real_val=fid_real_val,
+                kid_real_val=kid_real_val,
+            )
         )
 
     tstr = trtr = float("nan")
     if len(np.unique(y_syn)) >= 2:
-        tstr = image_metrics.probe_accuracy(f_syn, y_syn, f_te, y_te, len(classes))
-    trtr = image_metrics.probe_accuracy(f_tr, y_tr, f_te, y_te, len(classes))
+        tstr = image_metrics.probe_accuracy(
+            f_syn, y_syn, test_x=f_te, test_y=y_te, n_classes=len(classes)
+        )
+    trtr = image_metrics.probe_accuracy(
+        f_tr, y_tr, test_x=f_te, test_y=y_te, n_classes=len(classes)
+    )
 
-    nn = image_metrics.nearest_training(f_syn, f_tr) if len(f_syn) else []
-    train_paths = list(by["train"]["path"])
-    dist = pd.DataFrame(
+    neighbours = image_metrics.nearest_training(f_syn, f_tr) if len(f_syn) else []
+    train_paths = list(by_split["train"]["path"])
+    distances = pd.DataFrame(
         {
             "synthetic": list(synth["path"]),
             "class": list(synth["class"]),
-            "nearest_training": [train_paths[n.index] for n in nn],
-            "cosine_distance": [round(n.distance, 6) for n in nn],
+            "nearest_training": [train_paths[n.index] for n in neighbours],
+            "cosine_distance": [round(n.distance, 6) for n in neighbours],
         }
     )
-    dist["near_copy"] = dist["cosine_distance"] < cfg.near_copy_threshold
-    near = [
-        NearCopy(r.synthetic, r.nearest_training, r.cosine_distance, src == r.nearest_training)
-        for r, src in zip(dist.itertuples(), synth["source"], strict=True)
-        if r.near_copy
+    distances["near_copy"] = distances["cosine_distance"] < cfg.near_copy_threshold
+    near_copies = [
+        NearCopy(
+            synthetic=row.synthetic,
+            nearest=row.nearest_training,
+            distance=row.cosine_distance,
+            same_as_source=source == row.nearest_training,
+        )
+        for row, source in zip(distances.itertuples(), synth["source"], strict=True)
+        if row.near_copy
     ]
-    order = dist.sort_values(["cosine_distance", "synthetic"]).head(6)
+    closest_rows = distances.sort_values(["cosine_distance", "synthetic"]).head(6)
     closest = [
         (
-            folder / r.synthetic,
-            layout.raw / r.nearest_training,
-            f"{r.synthetic} (d={r.cosine_distance:.3f})",
+            folder / row.synthetic,
+            layout.raw / row.nearest_training,
+            f"{row.synthetic} (d={row.cosine_distance:.3f})",
         )
-        for r in order.itertuples()
+        for row in closest_rows.itertuples()
     ]
-    loo = image_metrics.real_nn_distances(f_tr) if len(f_tr) >= 2 else np.array([np.nan])
+    real_nn = image_metrics.real_nn_distances(f_tr) if len(f_tr) >= 2 else np.array([np.nan])
     return QualityReport(
-        extractor.name,
-        extractor.description,
-        scale,
-        rows,
-        tstr,
-        trtr,
-        len(y_te),
-        dist,
-        float(np.median(loo)),
-        cfg.near_copy_threshold,
-        near,
-        closest,
+        extractor=extractor.name,
+        extractor_description=extractor.description,
+        feature_scale=scale,
+        per_class=rows,
+        tstr_accuracy=tstr,
+        trtr_accuracy=trtr,
+        n_test=len(y_te),
+        distances=distances,
+        real_nn_median=float(np.median(real_nn)),
+        threshold=cfg.near_copy_threshold,
+        near_copies=near_copies,
+        closest=closest,
     )
