@@ -86,9 +86,16 @@ def cpu(steps: int) -> None:
     pipe = build_tiny_pipeline(cfg.seed)
     marks = []
     with tempfile.TemporaryDirectory() as tmp:
-        acc = training.make_accelerator(bench_cfg)
-        tick = lambda *a: marks.append(time.perf_counter())  # noqa: E731
-        training.train_unet(pipe, bench_cfg, data, Path(tmp), acc, resume=False, on_step=tick)
+        accelerator = training.make_accelerator(bench_cfg)
+        training.train_unet(
+            pipe,
+            bench_cfg,
+            data,
+            work_dir=Path(tmp),
+            accelerator=accelerator,
+            resume=False,
+            on_step=lambda *_: marks.append(time.perf_counter()),
+        )
     project_step = float(np.median(np.diff(marks[1:])))
 
     # reference: a bare diffusers loop (no accelerate, no sampler): same shapes and work
@@ -192,7 +199,7 @@ def gpu(steps: int, dtype_name: str) -> None:
     except ImportError:
         adam8 = None
 
-    def run(label: str, method: str, checkpointing: bool, eight_bit: bool) -> None:
+    def run(label: str, method: str, *, checkpointing: bool, eight_bit: bool) -> None:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         torch.manual_seed(0)
@@ -242,11 +249,16 @@ def gpu(steps: int, dtype_name: str) -> None:
             f"trainable {n / 1e6:7.1f} M  ({opt_cls.__module__.split('.')[0]})"
         )
 
-    run("full, grad ckpt, 8-bit Adam" + ("" if adam8 else " (n/a: AdamW)"), "full", True, True)
-    run("full, grad ckpt, AdamW", "full", True, False)
-    run("full, no ckpt, AdamW (reference)", "full", False, False)
-    run("lora r4, grad ckpt", "lora", True, False)
-    run("lora r4, no ckpt (reference)", "lora", False, False)
+    run(
+        "full, grad ckpt, 8-bit Adam" + ("" if adam8 else " (n/a: AdamW)"),
+        "full",
+        checkpointing=True,
+        eight_bit=True,
+    )
+    run("full, grad ckpt, AdamW", "full", checkpointing=True, eight_bit=False)
+    run("full, no ckpt, AdamW (reference)", "full", checkpointing=False, eight_bit=False)
+    run("lora r4, grad ckpt", "lora", checkpointing=True, eight_bit=False)
+    run("lora r4, no ckpt (reference)", "lora", checkpointing=False, eight_bit=False)
     print("targets: lora < 10 GiB, full < 24 GiB with checkpointing + 8-bit Adam")
 
 

@@ -42,12 +42,12 @@ def test_loss_goes_down_on_a_fixed_batch():
 
     pipe = loading.build_tiny_pipeline(0)
     sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    g = torch.Generator().manual_seed(0)
-    pixels = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(4, 3, 16, 16, generator=generator) * 2 - 1
     with torch.no_grad():
         latents = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
         emb = training.prompt_embeddings(pipe, ["a", "b"], "cpu", torch.float32)[[0, 1, 0, 1]]
-    noise = torch.randn(latents.shape, generator=g)
+    noise = torch.randn(latents.shape, generator=generator)
     t = torch.tensor([50, 300, 600, 900])
     noisy = sched.add_noise(latents, noise, t)
     opt = torch.optim.AdamW(pipe.unet.parameters(), lr=1e-3)

@@ -53,7 +53,8 @@ def finetune_identity(cfg: FinetuneConfig, classes: list[str], train: pd.DataFra
     return [settings, classes, items]
 
 
-def load_training_data(train: pd.DataFrame, raw: Path, classes: list[str], prompts):
+def load_training_data(train: pd.DataFrame, raw: Path, classes: list[str], prompts: dict[str, str]):
+    """Images in memory, labels as class indices, prompts ordered by class index."""
     from lymphaug.diffusion.training import TrainData
 
     images = [read_rgb(raw / p) for p in train["path"]]
@@ -89,9 +90,10 @@ def finetune(
         remove(work_dir)
     data = load_training_data(train, layout.raw, params.classes, cfg.prompts)
     pipe = loading.load_base(cfg.base_model, cfg.seed, layout.root)
-    base_fp = loading.unet_fingerprint(pipe.unet) if cfg.base_model == "tiny" else ""
+    # a tiny base is rebuilt from its seed under a LoRA adapter: record it to check it is the same
+    base_fingerprint = loading.unet_fingerprint(pipe.unet) if cfg.base_model == "tiny" else ""
     accelerator = training.make_accelerator(cfg)
-    main = accelerator.is_main_process
+    is_main = accelerator.is_main_process
     info = loading.ModelInfo(
         method=cfg.method,
         base_model=cfg.base_model,
@@ -99,21 +101,21 @@ def finetune(
         resolution=cfg.resolution,
         classes=list(params.classes),
         prompts={c: cfg.prompts[c] for c in params.classes},
-        base_fingerprint=base_fp,
+        base_fingerprint=base_fingerprint,
         steps=cfg.max_steps,
     )
-    if not (track and main):
+    if not (track and is_main):
         result = training.train_unet(
             pipe,
             cfg,
             data,
-            work_dir,
-            accelerator,
+            work_dir=work_dir,
+            accelerator=accelerator,
             resume=resume,
             resume_from=resume_from,
             on_step=on_step,
         )
-        return result, _save(pipe, layout, info, result, main)
+        return result, _save(pipe, layout, info=info, result=result, is_main=is_main)
 
     import mlflow
 
@@ -137,8 +139,8 @@ def finetune(
                 pipe,
                 cfg,
                 data,
-                work_dir,
-                accelerator,
+                work_dir=work_dir,
+                accelerator=accelerator,
                 resume=resume,
                 resume_from=resume_from,
                 on_step=log_step,
@@ -146,7 +148,7 @@ def finetune(
             )
         finally:
             buffer.flush()
-        saved = _save(pipe, layout, info, result, main)
+        saved = _save(pipe, layout, info=info, result=result, is_main=is_main)
         mlflow.log_metrics({"final_loss": result.losses[-1], "resumed_from": result.resumed_from})
         model_dir = layout.diffusion_model
         if cfg.method == "lora" or cfg.base_model == "tiny":
@@ -158,10 +160,11 @@ def finetune(
     return result, saved
 
 
-def _save(pipe, layout: Layout, info, result, main: bool):
+def _save(pipe, layout: Layout, *, info, result, is_main: bool):
+    """Only the main process writes, so several processes never race on the same files."""
     from lymphaug.diffusion import loading
 
-    if not main:
+    if not is_main:
         return info
     if info.method == "full":  # frozen parts may sit in fp16/bf16 after training on a GPU
         import torch

@@ -78,13 +78,21 @@ def plan(
             "step; raise strength or steps"
         )
     jobs = []
-    for ci, cls in enumerate(classes):
+    for class_index, cls in enumerate(classes):
         pool = sources.get(cls, [])
         if cfg.mode == "img2img" and not pool:
             raise DataError(f"img2img: class {cls} has no training image to start from")
-        for i in range(cfg.per_class):
-            src = pool[i % len(pool)] if cfg.mode == "img2img" else ""
-            jobs.append(Job(cls, ci, i, image_seed(cfg.seed, ci, i), prompts[cls], src))
+        for index in range(cfg.per_class):
+            jobs.append(
+                Job(
+                    cls=cls,
+                    class_index=class_index,
+                    index=index,
+                    seed=image_seed(cfg.seed, class_index, index),
+                    prompt=prompts[cls],
+                    source=pool[index % len(pool)] if cfg.mode == "img2img" else "",
+                )
+            )
     return jobs
 
 
@@ -98,17 +106,18 @@ def generate_images(
     pipe,
     jobs: list[Job],
     cfg: GenerateConfig,
+    *,
     out_dir: Path,
     size: tuple[int, int],
     resolution: int,
     raw: Path,
-    *,
     on_image: Callable[[Job], None] | None = None,
 ) -> int:
     """Write every job's PNG into ``out_dir`` (skipping finished ones); returns how many were made.
 
     Each file is written atomically right after its batch, so an interruption loses at
-    most the batch in flight.
+    most the batch in flight. Images are sampled at the model's ``resolution`` and saved
+    at the data set's ``size`` (width, height); img2img reads its sources from ``raw``.
     """
     import torch
     from tqdm.auto import tqdm
@@ -132,30 +141,31 @@ def generate_images(
     for batch in batches:
         # one prompt per call keeps the conditioning batch uniform; classes are contiguous
         for cls in dict.fromkeys(j.cls for j in batch):
-            part = [j for j in batch if j.cls == cls]
-            gens = [torch.Generator("cpu").manual_seed(j.seed) for j in part]
-            kwargs = dict(
-                prompt=[j.prompt for j in part],
+            class_jobs = [j for j in batch if j.cls == cls]
+            # one generator per image, seeded by the image: the batch size does not matter
+            generators = [torch.Generator("cpu").manual_seed(j.seed) for j in class_jobs]
+            call = dict(
+                prompt=[j.prompt for j in class_jobs],
                 num_inference_steps=cfg.steps,
                 guidance_scale=cfg.guidance_scale,
-                generator=gens,
+                generator=generators,
                 output_type="np",
             )
             if cfg.mode == "img2img":
                 from PIL import Image
 
-                kwargs["image"] = [
+                call["image"] = [
                     Image.fromarray(read_rgb(raw / j.source)).resize(
                         (resolution, resolution), Image.LANCZOS
                     )
-                    for j in part
+                    for j in class_jobs
                 ]
-                kwargs["strength"] = cfg.strength
+                call["strength"] = cfg.strength
             else:
-                kwargs.update(height=resolution, width=resolution)
+                call.update(height=resolution, width=resolution)
             with torch.inference_mode():
-                images = to_uint8(runner(**kwargs).images * 255.0)
-            for job, img in zip(part, images, strict=True):
+                images = to_uint8(runner(**call).images * 255.0)
+            for job, img in zip(class_jobs, images, strict=True):
                 write_bytes_atomic(out_dir / job.rel, png_bytes(resize(img, *size)))
                 made += 1
                 bar.update(1)
@@ -166,20 +176,21 @@ def generate_images(
 
 
 def manifest_frame(jobs: list[Job], cfg: GenerateConfig) -> pd.DataFrame:
+    """One row per image with the settings that made it."""
     rows = [
         {
-            "path": j.rel,
-            "class": j.cls,
-            "prompt": j.prompt,
-            "seed": j.seed,
+            "path": job.rel,
+            "class": job.cls,
+            "prompt": job.prompt,
+            "seed": job.seed,
             "scheduler": cfg.scheduler,
             "steps": cfg.steps,
             "guidance": cfg.guidance_scale,
             "mode": cfg.mode,
             "strength": cfg.strength if cfg.mode == "img2img" else "",
-            "source": j.source,
+            "source": job.source,
         }
-        for j in jobs
+        for job in jobs
     ]
     return pd.DataFrame(rows, columns=SYNTHETIC_COLUMNS)
 
@@ -187,21 +198,25 @@ def manifest_frame(jobs: list[Job], cfg: GenerateConfig) -> pd.DataFrame:
 def publish(work_images: Path, jobs: list[Job], cfg: GenerateConfig, target: Path) -> None:
     """Move the finished images and the manifest into ``target`` in one atomic rename."""
     with atomic_path(target) as tmp:
-        for j in jobs:
-            (tmp / j.rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(work_images / j.rel, tmp / j.rel)
+        for job in jobs:
+            (tmp / job.rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(work_images / job.rel, tmp / job.rel)
         write_table(manifest_frame(jobs, cfg), tmp / "manifest.csv", SYNTHETIC_COLUMNS)
 
 
-def contact_sheet_image(layout: Layout, train: pd.DataFrame, classes: list[str], k: int):
+def contact_sheet_image(layout: Layout, train: pd.DataFrame, classes: list[str], *, per_class: int):
+    """The first ``per_class`` real training and synthetic images of each class, side by side,
+    to judge at a glance whether the synthetic ones look like the class."""
     from lymphaug.diffusion.sampling import real_vs_synthetic_sheet
 
-    syn = read_table(layout.synthetic / "manifest.csv", SYNTHETIC_COLUMNS)
-    real, fake = {}, {}
+    manifest = read_table(layout.synthetic / "manifest.csv", SYNTHETIC_COLUMNS)
+    real, synthetic = {}, {}
     for cls in classes:
-        real[cls] = [read_rgb(layout.raw / p) for p in train[train["class"] == cls]["path"][:k]]
-        fake[cls] = [read_rgb(layout.synthetic / p) for p in syn[syn["class"] == cls]["path"][:k]]
-    return real_vs_synthetic_sheet(real, fake)
+        real_paths = train[train["class"] == cls]["path"][:per_class]
+        synthetic_paths = manifest[manifest["class"] == cls]["path"][:per_class]
+        real[cls] = [read_rgb(layout.raw / p) for p in real_paths]
+        synthetic[cls] = [read_rgb(layout.synthetic / p) for p in synthetic_paths]
+    return real_vs_synthetic_sheet(real, synthetic)
 
 
 def generate(
@@ -219,14 +234,27 @@ def generate(
     image is generated rather than after.
     """
     if not track:
-        return _generate(params, layout, resume, on_image, device, None)
+        return _generate(
+            params, layout, resume=resume, on_image=on_image, device=device, run_id=None
+        )
     from lymphaug.diffusion.track import child_run
 
     with child_run(params, layout.root, "generate") as run_id:
-        return _generate(params, layout, resume, on_image, device, run_id)
+        return _generate(
+            params, layout, resume=resume, on_image=on_image, device=device, run_id=run_id
+        )
 
 
-def _generate(params, layout, resume, on_image, device, run_id) -> dict:
+def _generate(
+    params: Params,
+    layout: Layout,
+    *,
+    resume: bool,
+    on_image: Callable[[Job], None] | None,
+    device: str | None,
+    run_id: str | None,
+) -> dict:
+    """The stage's work; logs to the MLflow run ``run_id`` when there is one."""
     import torch
 
     from lymphaug.diffusion.loading import load_finetuned
@@ -246,12 +274,21 @@ def _generate(params, layout, resume, on_image, device, run_id) -> dict:
     pipe.to(device, torch.float16 if device == "cuda" else torch.float32)
     start = time.perf_counter()
     made = generate_images(
-        pipe, jobs, cfg, work / "images", size, info.resolution, layout.raw, on_image=on_image
+        pipe,
+        jobs,
+        cfg,
+        out_dir=work / "images",
+        size=size,
+        resolution=info.resolution,
+        raw=layout.raw,
+        on_image=on_image,
     )
     seconds = time.perf_counter() - start
     publish(work / "images", jobs, cfg, layout.synthetic)
     remove(work)
-    sheet = contact_sheet_image(layout, train, params.classes, cfg.contact_sheet_per_class)
+    sheet = contact_sheet_image(
+        layout, train, params.classes, per_class=cfg.contact_sheet_per_class
+    )
     with atomic_path(layout.reports / SHEET) as tmp:
         sheet.save(tmp, format="PNG")
     summary = {
@@ -284,16 +321,17 @@ def run(params: Params, layout: Layout, args) -> int:
     from lymphaug.diffusion.loading import cpu_threads
 
     with cpu_threads(_base_of(layout)):
-        s = generate(params, layout, resume=not getattr(args, "no_resume", False))
-    note = f" ({s['skipped']} already done, resumed)" if s["skipped"] else ""
+        summary = generate(params, layout, resume=not getattr(args, "no_resume", False))
+    note = f" ({summary['skipped']} already done, resumed)" if summary["skipped"] else ""
     print(
-        f"generate: {s['images']} images{note} in {s['seconds']:.1f} s -> {layout.synthetic}; "
-        f"contact sheet {layout.reports / SHEET}"
+        f"generate: {summary['images']} images{note} in {summary['seconds']:.1f} s "
+        f"-> {layout.synthetic}; contact sheet {layout.reports / SHEET}"
     )
     return 0
 
 
 def _base_of(layout: Layout) -> str:
+    """The fine-tuned model's base ("" if none yet), to pick CPU threads before loading it."""
     from lymphaug.diffusion.loading import read_info
 
     try:

@@ -23,6 +23,7 @@ class CheckpointError(LymphaugError):
 
 
 def _checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in ``folder``, oldest first (a folder without ``meta.json`` is not one)."""
     found = [p for p in folder.glob("checkpoint-*") if (p / "meta.json").is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
@@ -33,6 +34,7 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
 
 
 def check_meta(path: Path, cfg: FinetuneConfig) -> dict:
+    """Refuse, with a clear message, a checkpoint whose weights could not fit this model."""
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -51,17 +53,27 @@ def check_meta(path: Path, cfg: FinetuneConfig) -> dict:
 
 
 def load_checkpoint(
-    path: Path, cfg: FinetuneConfig, trainable, optimizer, lr_scheduler, scaler, ema
+    path: Path,
+    cfg: FinetuneConfig,
+    *,
+    trainable: dict[str, torch.nn.Parameter],
+    optimizer,
+    lr_scheduler,
+    scaler,
+    ema,
 ) -> tuple[int, list[float], list[float]]:
-    """Restore a checkpoint in place; returns (step, losses so far, learning rates so far)."""
+    """Restore a checkpoint in place; returns (step, losses so far, learning rates so far).
+
+    The curve so far comes back too, so a resumed run's curve is the uninterrupted one's.
+    """
     meta = check_meta(path, cfg)
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
     mismatch = set(trainable) ^ set(state["trainable"])
     if mismatch:
         raise CheckpointError(f"{path}: weights do not match this model ({sorted(mismatch)[:3]})")
     with torch.no_grad():
-        for name, p in trainable.items():
-            p.copy_(state["trainable"][name].to(p.dtype))
+        for name, param in trainable.items():
+            param.copy_(state["trainable"][name].to(param.dtype))
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     if scaler is not None and state.get("scaler"):
@@ -72,21 +84,34 @@ def load_checkpoint(
 
 
 def save_checkpoint(
-    work_dir, step, cfg, trainable, optimizer, lr_scheduler, accelerator, ema, result
+    work_dir: Path,
+    step: int,
+    cfg: FinetuneConfig,
+    *,
+    trainable: dict[str, torch.nn.Parameter],
+    optimizer,
+    lr_scheduler,
+    scaler,
+    ema,
+    losses: list[float],
+    lrs: list[float],
 ) -> Path:
-    """Write checkpoint-<step> atomically, then drop the oldest beyond the retention limit."""
+    """Write checkpoint-<step> atomically, then drop the oldest beyond the retention limit.
+
+    Atomic, so an interruption mid-write never leaves a checkpoint that resume would pick.
+    """
     folder = work_dir / "checkpoints"
     target = folder / f"checkpoint-{step:06d}"
     with atomic_path(target) as tmp:
         tmp.mkdir(parents=True)
         state = {
-            "trainable": {n: p.detach().cpu().clone() for n, p in trainable.items()},
+            "trainable": {name: p.detach().cpu().clone() for name, p in trainable.items()},
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict(),
-            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "ema": ema.state_dict() if ema is not None else None,
-            "losses": list(result.losses),
-            "lrs": list(result.lrs),
+            "losses": list(losses),
+            "lrs": list(lrs),
         }
         torch.save(state, tmp / "state.pt")
         meta = {

@@ -53,11 +53,11 @@ class ModelInfo:
 
 def unet_fingerprint(unet) -> str:
     """A short hash of a module's weights (to check a rebuilt tiny base is the same one)."""
-    h = hashlib.sha256()
+    digest = hashlib.sha256()
     for name, tensor in sorted(unet.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
-    return h.hexdigest()[:16]
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def base_kind(base_model: str, root: Path) -> str:
@@ -109,8 +109,10 @@ def load_base(base_model: str, seed: int, root: Path = Path(".")):
             source, safety_checker=None, requires_safety_checker=False
         )
     except Exception as err:  # diffusers/hub raise many types; all mean "cannot load this"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"finetune.base_model: cannot load {source!r} ({first}); {hint}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(
+            f"finetune.base_model: cannot load {source!r} ({reason}); {hint}"
+        ) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -128,12 +130,16 @@ def read_info(model_dir: Path) -> ModelInfo:
 
 
 def write_info(model_dir: Path, info: ModelInfo) -> ModelInfo:
-    """Fingerprint the weight files in ``model_dir`` and write the description next to them."""
+    """Fingerprint the weight files in ``model_dir`` and write the description next to them.
+
+    The fingerprint names the model in generate's work-folder hash, so new weights never
+    resume images made by old ones.
+    """
     files = sorted(p for p in model_dir.rglob("*") if p.suffix in (".safetensors", ".bin"))
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.relative_to(model_dir).as_posix().encode() + sha256_file(p).encode())
-    info = ModelInfo(**{**asdict(info), "fingerprint": h.hexdigest()[:16]})
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(model_dir).as_posix().encode() + sha256_file(path).encode())
+    info = ModelInfo(**{**asdict(info), "fingerprint": digest.hexdigest()[:16]})
     (model_dir / INFO_FILE).write_text(json.dumps(asdict(info), indent=2, sort_keys=True) + "\n")
     return info
 

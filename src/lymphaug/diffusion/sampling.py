@@ -13,7 +13,8 @@ VALIDATION_STEPS = 20
 
 
 def make_scheduler(name: str, config):
-    """A sampling scheduler from the model's scheduler config (DPM-Solver++ by default)."""
+    """A sampling scheduler built from the model's own scheduler config, so its noise schedule
+    matches the one the model was trained with (DPM-Solver++ by default)."""
     from diffusers import (
         DDPMScheduler,
         DPMSolverMultistepScheduler,
@@ -33,6 +34,7 @@ def make_scheduler(name: str, config):
 
 
 def resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Lanczos-resize an HxWx3 uint8 image; one already that size is returned untouched."""
     if array.shape[1] == width and array.shape[0] == height:
         return array
     return np.asarray(Image.fromarray(array).resize((width, height), Image.LANCZOS))
@@ -40,12 +42,14 @@ def resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def grid(rows: list[list[np.ndarray]], pad: int = 2) -> Image.Image:
     """Tile rows of equally sized HxWx3 uint8 images, white padding."""
-    h, w = rows[0][0].shape[:2]
-    ncol = max(len(r) for r in rows)
-    sheet = Image.new("RGB", (ncol * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
+    height, width = rows[0][0].shape[:2]
+    n_cols = max(len(row) for row in rows)
+    sheet = Image.new(
+        "RGB", (n_cols * (width + pad) + pad, len(rows) * (height + pad) + pad), "white"
+    )
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
-            sheet.paste(Image.fromarray(img), (pad + c * (w + pad), pad + r * (h + pad)))
+            sheet.paste(Image.fromarray(img), (pad + c * (width + pad), pad + r * (height + pad)))
     return sheet
 
 
@@ -58,8 +62,8 @@ def real_vs_synthetic_sheet(
     n_syn = max((len(v) for v in synthetic.values()), default=0)
     classes = list(synthetic)
 
-    def thumbed(a: np.ndarray) -> Image.Image:
-        img = Image.fromarray(a)
+    def thumbed(array: np.ndarray) -> Image.Image:
+        img = Image.fromarray(array)
         scale = thumb / max(img.size)
         return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
 
@@ -68,32 +72,37 @@ def real_vs_synthetic_sheet(
     draw = ImageDraw.Draw(sheet)
     draw.text((label_w, 2), "real (training)", fill="black")
     draw.text((label_w + n_real * (thumb + pad) + gap, 2), "synthetic", fill="black")
-    for r, cls in enumerate(classes):
-        y = head + r * (thumb + pad)
+    for row, cls in enumerate(classes):
+        y = head + row * (thumb + pad)
         draw.text((4, y + thumb // 2 - 5), cls, fill="black")
-        for c, a in enumerate(real.get(cls, [])[:n_real]):
-            sheet.paste(thumbed(a), (label_w + c * (thumb + pad), y))
+        for col, image in enumerate(real.get(cls, [])[:n_real]):
+            sheet.paste(thumbed(image), (label_w + col * (thumb + pad), y))
         x0 = label_w + n_real * (thumb + pad) + gap
-        for c, a in enumerate(synthetic[cls][:n_syn]):
-            sheet.paste(thumbed(a), (x0 + c * (thumb + pad), y))
+        for col, image in enumerate(synthetic[cls][:n_syn]):
+            sheet.paste(thumbed(image), (x0 + col * (thumb + pad), y))
     return sheet
 
 
-def validation_grid(pipe, prompts: list[str], seed: int, per_class: int = 2) -> Image.Image:
-    """``per_class`` samples per prompt (rows: classes), fixed seeds, DPM-Solver++."""
+def validation_grid(pipe, prompts: list[str], seed: int, *, per_class: int = 2) -> Image.Image:
+    """``per_class`` samples per prompt (rows: classes), DPM-Solver++.
+
+    The seeds are the same at every call, so grids from successive steps show what training
+    changed rather than new noise.
+    """
     from diffusers import DPMSolverMultistepScheduler
 
     original = pipe.scheduler
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(original.config)
     rows = []
     try:
-        for c, prompt in enumerate(prompts):
-            gens = [step_generator(seed, 10**6, c, i) for i in range(per_class)]
+        for class_index, prompt in enumerate(prompts):
+            # a fixed pseudo-step (10**6): every validation draws the same noise
+            generators = [step_generator(seed, 10**6, class_index, i) for i in range(per_class)]
             out = pipe(
                 [prompt] * per_class,
                 num_inference_steps=VALIDATION_STEPS,
                 guidance_scale=4.0,
-                generator=gens,
+                generator=generators,
                 output_type="np",
                 height=pipe.unet.config.sample_size * pipe.vae_scale_factor,
                 width=pipe.unet.config.sample_size * pipe.vae_scale_factor,

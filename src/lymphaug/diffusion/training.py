@@ -35,6 +35,7 @@ from lymphaug.diffusion.sampling import validation_grid
 from lymphaug.diffusion.seeding import step_generator
 
 MAX_GRAD_NORM = 1.0
+HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # by accelerate's mixed_precision
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
@@ -60,27 +61,37 @@ class TrainResult:
 
 
 def make_accelerator(cfg: FinetuneConfig):
-    """An Accelerator for ``cfg``; fp16/bf16 fall back to fp32 on a CPU (with a note)."""
+    """fp16/bf16 autocast only helps on a GPU, so a CPU run trains in fp32 (with a note)."""
     from accelerate import Accelerator
 
-    mp = cfg.mixed_precision
-    if mp != "no" and not torch.cuda.is_available():
-        print(f"finetune: mixed_precision={mp} needs a GPU; training in fp32", file=sys.stderr)
-        mp = "no"
-    return Accelerator(mixed_precision=mp)
+    mixed_precision = cfg.mixed_precision
+    if mixed_precision != "no" and not torch.cuda.is_available():
+        print(
+            f"finetune: mixed_precision={mixed_precision} needs a GPU; training in fp32",
+            file=sys.stderr,
+        )
+        mixed_precision = "no"
+    return Accelerator(mixed_precision=mixed_precision)
 
 
 def resize_shorter(image: np.ndarray, resolution: int) -> torch.Tensor:
-    """Scale so the shorter side is ``resolution`` (bicubic); CxHxW uint8 tensor."""
-    h, w = image.shape[:2]
-    s = resolution / min(h, w)
-    size = (max(resolution, round(w * s)), max(resolution, round(h * s)))
-    img = Image.fromarray(image).resize(size, Image.BICUBIC)
-    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    """Resize once up front (bicubic, shorter side = ``resolution``) so each step only crops.
+
+    Returns a CxHxW uint8 tensor; every ``resolution`` x ``resolution`` crop of it fits.
+    """
+    height, width = image.shape[:2]
+    scale = resolution / min(height, width)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    resized = Image.fromarray(image).resize(size, Image.BICUBIC)
+    return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)
 
 
 class Sampler:
-    """Epoch-wise shuffled image order plus per-sample random crop and flips, by step."""
+    """Training images addressed by position in an endless, epoch-wise shuffled stream.
+
+    The order and the crops and flips depend only on the seed and the position, never on
+    what was drawn before, so a resumed run sees exactly the images it would have seen.
+    """
 
     def __init__(self, images: list[torch.Tensor], cfg: FinetuneConfig):
         self.images, self.cfg, self._perms = images, cfg, {}
@@ -92,33 +103,37 @@ class Sampler:
             self._perms = {epoch: torch.randperm(n, generator=step_generator(self.cfg.seed, epoch))}
         return int(self._perms[epoch][pos])
 
-    def batch(self, first: int, g: torch.Generator) -> tuple[torch.Tensor, list[int]]:
-        """Images ``first .. first+batch_size-1`` of the endless shuffled stream, in [-1, 1]."""
-        r, out, idx = self.cfg.resolution, [], []
+    def batch(self, first: int, generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
+        """Stream positions ``first .. first+batch_size-1`` in [-1, 1], and their image indices.
+
+        Crops and flips are drawn from ``generator`` (the caller's per-step generator).
+        """
+        crop, out, indices = self.cfg.resolution, [], []
         for k in range(first, first + self.cfg.batch_size):
             i = self._index(k)
             img = self.images[i]
-            h, w = img.shape[1:]
+            height, width = img.shape[1:]
             if self.cfg.random_crop:
-                top = int(torch.randint(0, h - r + 1, (1,), generator=g))
-                left = int(torch.randint(0, w - r + 1, (1,), generator=g))
+                top = int(torch.randint(0, height - crop + 1, (1,), generator=generator))
+                left = int(torch.randint(0, width - crop + 1, (1,), generator=generator))
             else:
-                top, left = (h - r) // 2, (w - r) // 2
-            img = img[:, top : top + r, left : left + r]
+                top, left = (height - crop) // 2, (width - crop) // 2
+            img = img[:, top : top + crop, left : left + crop]
             if self.cfg.random_flip:
                 # histology has no canonical orientation: both flips are valid
-                flips = torch.rand(2, generator=g)
+                flips = torch.rand(2, generator=generator)
                 if flips[0] < 0.5:
                     img = img.flip(2)
                 if flips[1] < 0.5:
                     img = img.flip(1)
             out.append(img)
-            idx.append(i)
-        return torch.stack(out).float() / 127.5 - 1.0, idx
+            indices.append(i)
+        return torch.stack(out).float() / 127.5 - 1.0, indices
 
 
 def _trainable(unet) -> dict[str, torch.nn.Parameter]:
-    return {n: p for n, p in unet.named_parameters() if p.requires_grad}
+    """By name, so a checkpoint can hold just these and be matched against the model."""
+    return {name: p for name, p in unet.named_parameters() if p.requires_grad}
 
 
 def _make_optimizer(params, cfg: FinetuneConfig):
@@ -135,8 +150,12 @@ def _make_optimizer(params, cfg: FinetuneConfig):
 
 
 def prompt_embeddings(pipe, prompts: list[str], device, dtype) -> torch.Tensor:
-    """Frozen text-encoder output per prompt (computed once; index 0.. = prompts, last = "")."""
-    tok = pipe.tokenizer(
+    """The text encoder is frozen, so each prompt is encoded once, before training.
+
+    Rows 0.. are ``prompts`` (by class index); the last row is the empty prompt that
+    prompt dropout substitutes.
+    """
+    tokens = pipe.tokenizer(
         [*prompts, ""],
         padding="max_length",
         max_length=pipe.tokenizer.model_max_length,
@@ -144,35 +163,19 @@ def prompt_embeddings(pipe, prompts: list[str], device, dtype) -> torch.Tensor:
         return_tensors="pt",
     )
     with torch.no_grad():
-        return pipe.text_encoder(tok.input_ids.to(device))[0].to(dtype)
+        return pipe.text_encoder(tokens.input_ids.to(device))[0].to(dtype)
 
 
-def train_unet(
-    pipe,
-    cfg: FinetuneConfig,
-    data: TrainData,
-    work_dir: Path,
-    accelerator,
-    *,
-    resume: bool = True,
-    resume_from: Path | None = None,
-    on_step: Callable[[int, float, float], None] | None = None,
-    on_validation: Callable[[int, Image.Image], None] | None = None,
-) -> TrainResult:
-    """Fine-tune ``pipe.unet`` in place for ``cfg.max_steps`` optimizer steps; returns the curve.
+def _prepare_models(pipe, cfg: FinetuneConfig, *, device, weight_dtype):
+    """Freeze and place the pipeline's parts for training; returns the UNet to train.
 
-    Resumes from the newest checkpoint in ``work_dir/checkpoints`` (or ``resume_from``).
-    Raises :class:`TrainingDiverged` on a non-finite loss, leaving the checkpoints intact.
+    Frozen parts run in ``weight_dtype`` (fp16/bf16 under mixed precision) to save memory;
+    what is trained stays fp32 so the optimizer and gradient scaler see fp32 weights.
     """
-    from diffusers import DDPMScheduler
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import EMAModel, cast_training_params, compute_snr
+    from diffusers.training_utils import cast_training_params
 
-    device = accelerator.device
-    mp = accelerator.mixed_precision
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     unet, vae = pipe.unet, pipe.vae
+    # The VAE and text encoder are only used for inference: freeze them
     vae.requires_grad_(False)
     pipe.text_encoder.requires_grad_(False)
     vae.to(device, dtype=weight_dtype)
@@ -180,6 +183,7 @@ def train_unet(
     if cfg.method == "lora":
         from peft import LoraConfig
 
+        # Freeze the UNet and add trainable LoRA adapters to its attention projections
         unet.requires_grad_(False)
         unet.to(device, dtype=weight_dtype)
         unet.add_adapter(
@@ -193,12 +197,48 @@ def train_unet(
         # trainable adapters stay fp32 under fp16 autocast ("Attempting to unscale FP16 gradients")
         cast_training_params(unet, dtype=torch.float32)
     else:
+        # Train every UNet weight, kept in fp32
         unet.requires_grad_(True)
         unet.to(device)
     if cfg.gradient_checkpointing:
+        # Recompute activations in the backward pass instead of storing them (less memory)
         unet.enable_gradient_checkpointing()
+    return unet
+
+
+def train_unet(
+    pipe,
+    cfg: FinetuneConfig,
+    data: TrainData,
+    *,
+    work_dir: Path,
+    accelerator,
+    resume: bool = True,
+    resume_from: Path | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
+    on_validation: Callable[[int, Image.Image], None] | None = None,
+) -> TrainResult:
+    """Fine-tune ``pipe.unet`` in place for ``cfg.max_steps`` optimizer steps; returns the curve.
+
+    Resumes from the newest checkpoint in ``work_dir/checkpoints`` (or ``resume_from``) so an
+    interrupted run continues where it stopped and ends with the same weights. Raises
+    :class:`TrainingDiverged` on a non-finite loss, leaving the checkpoints intact.
+    """
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    device = accelerator.device
+    mixed_precision = accelerator.mixed_precision
+    weight_dtype = HALF_DTYPES.get(mixed_precision, torch.float32)
+    # The noise schedule of the forward diffusion process (the one the base model learned)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    unet = _prepare_models(pipe, cfg, device=device, weight_dtype=weight_dtype)
+    vae = pipe.vae
     trainable = _trainable(unet)
     params = list(trainable.values())
+    # An exponential moving average of the trainable weights, used for validation and the result
     ema = EMAModel(params, decay=0.999) if cfg.use_ema else None
     if ema is not None:
         ema.to(device)
@@ -214,20 +254,25 @@ def train_unet(
     sampler = Sampler([resize_shorter(img, cfg.resolution) for img in data.images], cfg)
     labels = torch.tensor(data.labels)
 
-    result = TrainResult(mixed_precision=mp)
+    # Resume: restore weights, optimizer, scheduler, scaler, EMA and the curve so far
+    result = TrainResult(mixed_precision=mixed_precision)
     start = 0
-    ckpt = resume_from or (latest_checkpoint(work_dir) if resume else None)
-    if ckpt is not None:
+    checkpoint = resume_from or (latest_checkpoint(work_dir) if resume else None)
+    if checkpoint is not None:
         start, result.losses, result.lrs = load_checkpoint(
-            ckpt, cfg, trainable, optimizer, lr_scheduler, accelerator.scaler, ema
+            checkpoint,
+            cfg,
+            trainable=trainable,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            scaler=accelerator.scaler,
+            ema=ema,
         )
         result.resumed_from = start
 
-    accum, nproc = cfg.gradient_accumulation_steps, accelerator.num_processes
-    rank = accelerator.process_index
-    bs = cfg.batch_size
-    from tqdm.auto import tqdm
-
+    accum_steps = cfg.gradient_accumulation_steps
+    num_processes, rank = accelerator.num_processes, accelerator.process_index
+    batch_size = cfg.batch_size
     bar = tqdm(
         total=cfg.max_steps,
         initial=start,
@@ -237,46 +282,77 @@ def train_unet(
     for step in range(start, cfg.max_steps):
         model.train()
         step_loss = 0.0
-        for micro in range(accum):
-            g = step_generator(cfg.seed, step, micro, rank)
-            first = ((step * accum + micro) * nproc + rank) * bs
-            pixels, idx = sampler.batch(first, g)
+        for micro in range(accum_steps):
+            # Every random draw of this micro-batch comes from a generator seeded by
+            # (seed, step, micro-batch, process), so a resumed run needs no RNG state
+            generator = step_generator(cfg.seed, step, micro, rank)
+            # This process's images: the next slice of the shuffled stream, cropped and flipped
+            first = ((step * accum_steps + micro) * num_processes + rank) * batch_size
+            pixels, image_indices = sampler.batch(first, generator)
+            # Convert images to latent space
             with torch.no_grad():
-                dist = vae.encode(pixels.to(device, dtype=weight_dtype)).latent_dist
-                latents = dist.sample(generator=g) * vae.config.scaling_factor
-            noise = torch.randn(latents.shape, generator=g).to(device, latents.dtype)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (bs,), generator=g)
-            drop = torch.rand(bs, generator=g) < cfg.prompt_dropout
-            cond = torch.where(drop, len(data.prompts), labels[idx]).to(device)
-            t = t.to(device)
-            noisy = noise_scheduler.add_noise(latents, noise, t)
+                latent_dist = vae.encode(pixels.to(device, dtype=weight_dtype)).latent_dist
+                latents = latent_dist.sample(generator=generator) * vae.config.scaling_factor
+            # Sample noise that we'll add to the latents
+            noise = torch.randn(latents.shape, generator=generator).to(device, latents.dtype)
+            # Sample a random timestep for each image
+            timesteps = torch.randint(
+                0, noise_scheduler.config.num_train_timesteps, (batch_size,), generator=generator
+            )
+            # Choose each image's prompt: its class's, or with probability prompt_dropout the
+            # empty one, so the model also learns the unconditional case (classifier-free guidance)
+            dropped = torch.rand(batch_size, generator=generator) < cfg.prompt_dropout
+            prompt_rows = torch.where(dropped, len(data.prompts), labels[image_indices]).to(device)
+            timesteps = timesteps.to(device)
+            # Add noise to the latents according to the noise magnitude at each timestep
+            # (this is the forward diffusion process)
+            noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+            # Get the target for loss depending on the prediction type
             if noise_scheduler.config.prediction_type == "v_prediction":
-                target = noise_scheduler.get_velocity(latents, noise, t)
+                target = noise_scheduler.get_velocity(latents, noise, timesteps)
             else:
                 target = noise
-            sync = micro == accum - 1
-            ctx = accelerator.no_sync(model) if not sync else nullcontext()
-            with ctx:
-                pred = model(noisy, t, encoder_hidden_states=embeds[cond]).sample
-                loss = _loss(pred, target, t, cfg, noise_scheduler, compute_snr)
-                total = accelerator.gather(loss.detach()).mean()
-                if not torch.isfinite(total):
+            # Synchronise gradients across processes only on the last micro-batch of the step
+            is_last_micro = micro == accum_steps - 1
+            sync_context = accelerator.no_sync(model) if not is_last_micro else nullcontext()
+            with sync_context:
+                # Get the text embedding for conditioning (precomputed, one row per prompt)
+                text_embeds = embeds[prompt_rows]
+                # Predict the noise residual and compute loss
+                model_pred = model(
+                    noisy_latents, timesteps, encoder_hidden_states=text_embeds
+                ).sample
+                loss = _loss(
+                    model_pred,
+                    target,
+                    timesteps=timesteps,
+                    snr_gamma=cfg.snr_gamma,
+                    noise_scheduler=noise_scheduler,
+                )
+                # Gather the losses across all processes for logging; stop on NaN or inf
+                mean_loss = accelerator.gather(loss.detach()).mean()
+                if not torch.isfinite(mean_loss):
                     bar.close()
                     raise TrainingDiverged(
-                        f"fine-tuning loss became {float(total)} at step {step + 1}: training "
-                        f"diverged (finetune.learning_rate={cfg.learning_rate:g} too high? fp16 "
-                        f"overflow?). Checkpoints kept in {work_dir}; lower the learning rate "
-                        "and rerun (--no-resume to start over)"
+                        f"fine-tuning loss became {float(mean_loss)} at step {step + 1}: "
+                        f"training diverged (finetune.learning_rate={cfg.learning_rate:g} too "
+                        f"high? fp16 overflow?). Checkpoints kept in {work_dir}; lower the "
+                        "learning rate and rerun (--no-resume to start over)"
                     )
-                accelerator.backward(loss / accum)
-            step_loss += float(total) / accum
+                # Backpropagate (scaled so the accumulated gradient is the micro-batches' mean)
+                accelerator.backward(loss / accum_steps)
+            step_loss += float(mean_loss) / accum_steps
+        # Clip the gradient norm
         accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
+        # Take the optimizer step at this step's learning rate, then advance the schedule
         lr = lr_scheduler.get_last_lr()[0]
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        # Update the EMA weights
         if ema is not None:
             ema.step(params)
+        # Record the step on the curve and the progress bar
         done = step + 1
         result.losses.append(step_loss)
         result.lrs.append(lr)
@@ -285,34 +361,52 @@ def train_unet(
         if accelerator.is_main_process:
             if on_step:
                 on_step(done, step_loss, lr)
+            # Save a checkpoint (not after the last step: the finished model is saved instead)
             if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
                 save_checkpoint(
                     work_dir,
                     done,
                     cfg,
-                    trainable,
-                    optimizer,
-                    lr_scheduler,
-                    accelerator,
-                    ema,
-                    result,
+                    trainable=trainable,
+                    optimizer=optimizer,
+                    lr_scheduler=lr_scheduler,
+                    scaler=accelerator.scaler,
+                    ema=ema,
+                    losses=result.losses,
+                    lrs=result.lrs,
                 )
+            # Sample a validation grid of every class
             if on_validation and done % cfg.validation_every == 0:
-                on_validation(done, _validate(pipe, accelerator, model, ema, params, data, cfg))
+                grid = _validate(
+                    pipe,
+                    accelerator,
+                    model=model,
+                    ema=ema,
+                    params=params,
+                    prompts=data.prompts,
+                    seed=cfg.seed,
+                )
+                on_validation(done, grid)
+        # Let the other processes catch up (checkpoint, validation) before the next step
         accelerator.wait_for_everyone()
     bar.close()
+    # Hand back the trained UNet, holding the EMA weights when EMA is on
     pipe.unet = accelerator.unwrap_model(model)
     if ema is not None:
         ema.copy_to(params)
     return result
 
 
-def _loss(pred, target, t, cfg, noise_scheduler, compute_snr):
-    if cfg.snr_gamma is None:
+def _loss(pred, target, *, timesteps, snr_gamma: float | None, noise_scheduler) -> torch.Tensor:
+    """MSE; with ``snr_gamma``, Min-SNR weighted so that the many easy, low-noise timesteps
+    do not dominate the gradient (faster convergence)."""
+    if snr_gamma is None:
         return F.mse_loss(pred.float(), target.float())
+    from diffusers.training_utils import compute_snr
+
     # Min-SNR weighting (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon prediction
-    snr = compute_snr(noise_scheduler, t)
-    weight = torch.clamp(snr, max=cfg.snr_gamma)
+    snr = compute_snr(noise_scheduler, timesteps)
+    weight = torch.clamp(snr, max=snr_gamma)
     if noise_scheduler.config.prediction_type == "v_prediction":
         weight = weight / (snr + 1)
     else:
@@ -321,7 +415,13 @@ def _loss(pred, target, t, cfg, noise_scheduler, compute_snr):
     return (per_sample * weight).mean()
 
 
-def _validate(pipe, accelerator, model, ema, params, data, cfg) -> Image.Image:
+def _validate(
+    pipe, accelerator, *, model, ema, params, prompts: list[str], seed: int
+) -> Image.Image:
+    """Sample with the weights being trained (EMA ones if on), then put training back as it was.
+
+    The same seeds at every validation make the grids comparable across steps.
+    """
     unet = accelerator.unwrap_model(model)
     unet.eval()
     if ema is not None:
@@ -330,14 +430,14 @@ def _validate(pipe, accelerator, model, ema, params, data, cfg) -> Image.Image:
     original = pipe.unet
     pipe.unet = unet
     try:
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision)
+        dtype = HALF_DTYPES.get(accelerator.mixed_precision)
         with (
             torch.no_grad(),
             torch.autocast(
                 accelerator.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
             ),
         ):
-            return validation_grid(pipe, data.prompts, cfg.seed)
+            return validation_grid(pipe, prompts, seed)
     finally:
         pipe.unet = original
         if ema is not None:
