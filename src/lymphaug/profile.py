@@ -47,13 +47,25 @@ def apply_profile(params_path: Path, profile_path: Path) -> None:
     if not profile_path.is_file():
         available = sorted(p.stem for p in profile_path.parent.glob("*.yaml"))
         raise ConfigError(f"{profile_path}: no such profile (available: {available})")
-    base = yaml.load(params_path.read_text())
-    override = yaml.load(profile_path.read_text()) or {}
+    base = _load(yaml, params_path)
+    override = _load(yaml, profile_path) or {}
     merged = deep_merge(base, override)
     parse_params(_plain(merged), f"{params_path} + {profile_path}")
     out = io.StringIO()
     yaml.dump(merged, out)
     write_text_atomic(params_path, out.getvalue())
+
+
+def _load(yaml: YAML, path: Path):
+    """Round-trip load (comments kept); a duplicate key or bad YAML is one ConfigError."""
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        return yaml.load(path.read_text())
+    except YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: {getattr(err, 'problem', None) or err}{where}") from None
 
 
 def _plain(obj: object) -> object:

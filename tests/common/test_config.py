@@ -92,3 +92,57 @@ def test_unquoted_no_for_mixed_precision_means_no():
     assert p.finetune.mixed_precision == "no"
     with pytest.raises(ConfigError, match="finetune.mixed_precision"):
         parse_params(yaml.safe_load("finetune: {mixed_precision: yes}"))
+
+
+def test_empty_or_repeated_seeds_are_errors():
+    """No seed means DVC drops every train stage and compare has nothing to compare."""
+    with pytest.raises(ConfigError, match=r"train\.seeds.*at least 1 item"):
+        parse_params({"train": {"seeds": []}})
+    with pytest.raises(ConfigError, match=r"train\.seeds.*must not repeat"):
+        parse_params({"train": {"seeds": [0, 1, 0]}})
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CPU", "mps", ""])
+def test_device_outside_auto_cpu_cuda_n_is_an_error(device):
+    with pytest.raises(ConfigError, match=r"train\.device"):
+        parse_params({"train": {"device": device}})
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:3"])
+def test_device_auto_cpu_cuda_n_are_valid(device):
+    assert parse_params({"train": {"device": device}}).train.device == device
+
+
+def test_duplicate_key_names_the_key_and_both_lines(repo_root, tmp_path, capsys):
+    """PyYAML would keep the last value; DVC refuses the file: the stage must refuse it too."""
+    text = (repo_root / "params.yaml").read_text()
+    text = text.replace("  epochs: 5\n", "  epochs: 5\n  epochs: 50\n", 1)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    line = text.splitlines().index("  epochs: 50") + 1
+    with pytest.raises(ConfigError, match=rf"duplicate key train\.epochs \(line {line}; first"):
+        load_params(path)
+    assert main(["--params", str(path), "split"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lymphaug split: error: ") and "train.epochs" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_duplicate_top_level_key_and_merge_keys(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("split: {seed: 1}\nsplit: {seed: 2}\n")
+    with pytest.raises(ConfigError, match=r"duplicate key split \(line 2; first set on line 1\)"):
+        load_params(path)
+    # a YAML merge key is not a duplicate; an explicit key overrides the merged one
+    path.write_text("split:\n  <<: {seed: 1, test_fraction: 0.3}\n  seed: 2\n")
+    split = load_params(path).split
+    assert (split.seed, split.test_fraction) == (2, 0.3)
+
+
+def test_profile_with_a_duplicate_key_is_a_config_error(repo_root, tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(repo_root / "params.yaml", params)
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("train:\n  epochs: 2\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: found duplicate key \"epochs\".*line 3"):
+        apply_profile(params, bad)

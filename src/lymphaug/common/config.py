@@ -181,13 +181,21 @@ class TrainConfig(Section):
     epochs: int = Field(5, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    seeds: list[int] = [0, 1]
+    seeds: list[int] = Field([0, 1], min_length=1, description="one train stage per seed")
     dct_methods: list[DctMethod] = ["method1", "method2"]
     synthetic_dir: str = "data/synthetic"
     vflip: bool = Field(True, description="vertical flips too (histology has no 'up')")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: CPU autocast (AMX)")
-    device: str = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$")
     num_threads: int = Field(0, ge=0, description="0: torch's default")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, seeds: list[int]) -> list[int]:
+        """DVC's matrix needs distinct seeds: a repeat would be one stage named twice."""
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must not repeat: {seeds}")
+        return seeds
 
 
 # --- comparison report ------------------------------------------------------
@@ -260,6 +268,71 @@ def parse_params(data: object, source: str = "params") -> Params:
         raise ConfigError(_format_errors(source, err)) from None
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, line: int, first: int) -> None:
+        super().__init__(f"duplicate key {key} (line {line}; first set on line {first})")
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error.
+
+    PyYAML keeps the last value silently; DVC refuses the same file, so the stage
+    and ``dvc params diff`` would disagree about which value ran.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            self._check_duplicates(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def _check_duplicates(self, node: yaml.MappingNode) -> None:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges; an explicit key then overrides, as YAML says
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                where = self._dotted(node, key)
+                raise _DuplicateKey(where, line, seen[key])
+            seen[key] = line
+
+    def _dotted(self, node: yaml.MappingNode, key: object) -> str:
+        """The key's dotted path (``train.seeds``), found from the document's root."""
+        return ".".join([*(_path_to(self._root, node) or []), str(key)])
+
+    def construct_document(self, node):
+        self._root = node
+        return super().construct_document(node)
+
+
+def _path_to(root, target, prefix=()) -> list[str] | None:
+    """The keys leading from node ``root`` to node ``target`` (None if it is not below)."""
+    if root is target:
+        return list(prefix)
+    if isinstance(root, yaml.MappingNode):
+        for key_node, value in root.value:
+            found = _path_to(value, target, (*prefix, str(key_node.value)))
+            if found is not None:
+                return found
+    elif isinstance(root, yaml.SequenceNode):
+        for i, value in enumerate(root.value):
+            found = _path_to(value, target, (*prefix, str(i)))
+            if found is not None:
+                return found
+    return None
+
+
+def read_yaml(text: str, source: str) -> object:
+    """Parse YAML as params files are read everywhere (safe; duplicate keys are errors)."""
+    try:
+        return yaml.load(text, Loader=StrictLoader)
+    except _DuplicateKey as err:
+        raise ConfigError(f"{source}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; every problem names the file and the key."""
     path = Path(path)
@@ -267,8 +340,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (run from the repository root)") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_params(data, str(path))
+    return parse_params(read_yaml(text, str(path)), str(path))
