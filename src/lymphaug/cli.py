@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lymphaug.common.config import CONDITIONS, load_params
 from lymphaug.common.errors import LymphaugError
+from lymphaug.common.files import disk_full, is_disk_full
 from lymphaug.common.paths import Layout
 
 # stage name -> (module, one-line help). Order = pipeline order.
@@ -102,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         return module.run(params, Layout(Path(args.root)), args) or 0
     except LymphaugError as err:
         print(f"lymphaug {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a full disk outside an atomic write: still one line
+        if not is_disk_full(err):
+            raise
+        where = getattr(err, "filename", None) or Path(args.root).resolve()
+        print(f"lymphaug {args.stage}: error: {disk_full(where)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lymphaug {args.stage}: interrupted; rerun to resume", file=sys.stderr)

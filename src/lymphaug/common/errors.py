@@ -15,3 +15,15 @@ class DataError(LymphaugError):
 
 class LeakageError(LymphaugError):
     """A test-split image was handed to a stage that must never see it."""
+
+
+class DiskFullError(LymphaugError):
+    """The disk filled up while a stage wrote ``path`` (see ``files.disk_full``)."""
+
+    def __init__(self, message: str, path: object) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class LockedError(LymphaugError):
+    """Another process is already running the same work."""
