@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import re
 import tarfile
 import threading
 import zipfile
@@ -19,9 +20,10 @@ from PIL import Image
 from lymphaug import ingest
 from lymphaug.cli import main
 from lymphaug.common.config import Params, parse_params
-from lymphaug.common.errors import DataError
+from lymphaug.common.errors import ConfigError, DataError
 from lymphaug.common.manifest import RAW_COLUMNS, SPLIT_COLUMNS, read_table
 from lymphaug.common.paths import Layout
+from lymphaug.sources import archive as archive_src
 
 CLASSES = ["CLL", "FL", "MCL"]
 
@@ -569,3 +571,243 @@ def test_archive_extra_class_folder_is_named(tmp_path):
     sha = make_tar(tmp_path / "a.tgz", tree)
     with pytest.raises(DataError, match=r"a.tgz:lymphoma/: folder\(s\) \['DLBCL'\] are not"):
         run_ingest(tmp_path, source="archive", archive={"url": "a.tgz", "sha256": sha})
+
+
+# --- archive limits: nothing may fill the disk ---------------------------------------------
+
+
+def zeros_zip(path: Path, members: dict[str, int], level: int = 6) -> str:
+    """A real zip of members holding ``size`` zero bytes each, streamed (deflate); its sha256."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for c, cls in enumerate(CLASSES):
+            zf.writestr(f"{cls}/ok.png", png(c))
+        for name, size in members.items():
+            info = zipfile.ZipInfo(name)
+            info.compress_type, info._compresslevel = zipfile.ZIP_DEFLATED, level
+            with zf.open(info, "w", force_zip64=True) as out:
+                chunk = bytes(1 << 24)
+                for start in range(0, size, len(chunk)):
+                    out.write(chunk[: size - start])
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_zip_bomb_member_is_refused_from_its_header_by_default(tmp_path):
+    """64 MiB of zeros in 64 KiB: the default ratio limit refuses it before anything is written."""
+    path = tmp_path / "bomb.zip"
+    sha = zeros_zip(path, {"CLL/big.tif": 64 << 20})
+    assert path.stat().st_size < 1 << 20
+    repo = tmp_path / "repo"
+    with pytest.raises(
+        DataError,
+        match=r"bomb.zip: refusing to unpack: member 'CLL/big.tif' unpacks 64.0 MiB "
+        r"from .*KiB \(\d+:1, more than ingest.archive.max_ratio = 100\)",
+    ):
+        run_ingest(repo, source="archive", archive={"url": str(path), "sha256": sha})
+    assert not (repo / "data").exists() and not files_under(repo / "work")
+
+
+def test_archive_over_the_size_limit_names_the_member(tmp_path):
+    """Incompressible members (ratio 1) over ingest.archive.max_unpacked_bytes in total."""
+    path = tmp_path / "big.zip"
+    rng = np.random.default_rng(0)
+    members = {f"{cls}/ok.png": png(c) for c, cls in enumerate(CLASSES)}
+    sha = zip_of(path, {**members, **{f"FL/{i}.bin": rng.bytes(2 << 20) for i in range(3)}})
+    repo = tmp_path / "repo"
+    cfg = {"url": str(path), "sha256": sha, "max_unpacked_bytes": 5 << 20}
+    with pytest.raises(
+        DataError,
+        match=r"more than 5.0 MiB \(ingest.archive.max_unpacked_bytes = 5242880\), "
+        r"6.0 MiB by member 'FL/2.bin'",
+    ):
+        run_ingest(repo, source="archive", archive=cfg)
+    assert not files_under(repo)
+    cfg["max_unpacked_bytes"] = 7 << 20  # the same archive under a higher limit unpacks
+    with pytest.raises(DataError, match="unreadable file"):  # (and its .bin files fail decoding)
+        run_ingest(repo, source="archive", archive=cfg)
+
+
+def test_compressed_tar_bomb_is_refused_as_a_whole(tmp_path):
+    """A tar has no per-member compressed size: the whole archive's ratio is checked."""
+    path = tmp_path / "bomb.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for c, cls in enumerate(CLASSES):
+            add_bytes(tar, f"{cls}/ok.png", png(c))
+        add_bytes(tar, "MCL/zeros.tif", bytes(32 << 20))
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    repo = tmp_path / "repo"
+    with pytest.raises(DataError, match=r"bomb.tar.gz: refusing to unpack: the archive unpacks 32"):
+        run_ingest(repo, source="archive", archive={"url": str(path), "sha256": sha})
+    assert not files_under(repo)
+    with pytest.raises(ConfigError, match=r"ingest.archive.max_ratio"):
+        make_params(source="archive", archive={"max_ratio": 0.5})
+
+
+def test_bytes_are_counted_while_unpacking(tmp_path):
+    """A stream longer than its header says, or one past the total, stops mid-member."""
+    budget = archive_src._Budget("a.zip", archive_src.Limits(max_bytes=10 << 20, max_ratio=100))
+    with pytest.raises(DataError, match=r"member 'x' holds more than the 1000 bytes its header"):
+        budget.copy(io.BytesIO(bytes(5000)), tmp_path / "x", name="x", declared=1000)
+    budget.copy(io.BytesIO(bytes(6 << 20)), tmp_path / "y", name="y", declared=6 << 20)
+    with pytest.raises(DataError, match=r"more than 10.0 MiB .* by member 'z'"):
+        budget.copy(io.BytesIO(bytes(6 << 20)), tmp_path / "z", name="z", declared=6 << 20)
+
+
+@pytest.mark.slow
+def test_zip_with_an_8_gib_member_is_refused_in_seconds(tmp_path):
+    """The probe's case: an 8 GiB member in a small zip, with the default limits."""
+    import time
+
+    path = tmp_path / "bomb.zip"
+    sha = zeros_zip(path, {"CLL/huge.tif": 8 * 2**30 + 1}, level=1)
+    assert path.stat().st_size < 64 << 20
+    repo = tmp_path / "repo"
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"member 'CLL/huge.tif' unpacks 8.0 GiB"):
+        run_ingest(repo, source="archive", archive={"url": str(path), "sha256": sha})
+    assert time.monotonic() - start < 30  # the sha256 of the archive is most of it
+    assert not files_under(repo)
+
+
+# --- Unicode class folder names ---------------------------------------------------------------
+
+NFC_CLASSES = ["CLL", "FL", "Mantelzell-Lymphom-\u00e4"]  # 'ä' as one code point (NFC)
+
+
+def nfc_params(**ingest_cfg) -> Params:
+    prompts = {c: f"image of {c}" for c in NFC_CLASSES}
+    return parse_params(
+        {"classes": NFC_CLASSES, "finetune": {"prompts": prompts}, "ingest": ingest_cfg}
+    )
+
+
+def test_class_folders_written_in_nfd_match_the_configured_nfc_names(tmp_path):
+    """macOS writes 'ä' as 'a' + U+0308: the same name to a person, another string to Python."""
+    import unicodedata
+
+    src = tmp_path / "src"
+    for c, cls in enumerate(NFC_CLASSES):
+        folder = src / unicodedata.normalize("NFD", cls)
+        folder.mkdir(parents=True)
+        Image.fromarray(noise(c)).save(folder / "0.png")
+    assert sorted(p.name for p in src.iterdir())[2] != NFC_CLASSES[2]
+    layout = Layout(tmp_path)
+    ingest.run(nfc_params(source="folder", folder="src"), layout, None)
+    df = read_table(layout.raw_manifest, RAW_COLUMNS)
+    assert sorted(df["class"]) == sorted(NFC_CLASSES)
+    assert (layout.raw / NFC_CLASSES[2] / "0.png").is_file()  # written under the configured name
+
+
+def test_nfd_names_in_a_zip_and_look_alikes_are_named_with_escapes(tmp_path):
+    import unicodedata
+
+    path = tmp_path / "mac.zip"
+    nfd = unicodedata.normalize("NFD", NFC_CLASSES[2])
+    members = {f"set/{cls}/0.png": png(c) for c, cls in enumerate(["CLL", "FL", nfd])}
+    sha = zip_of(path, members)
+    layout = Layout(tmp_path / "repo")
+    ingest.run(
+        nfc_params(source="archive", archive={"url": str(path), "sha256": sha}), layout, None
+    )
+    assert set(read_table(layout.raw_manifest, RAW_COLUMNS)["class"]) == set(NFC_CLASSES)
+    # a Cyrillic 'С' in 'СLL' looks like the Latin C but is not: the message shows the escape
+    src = tiny_dataset(tmp_path / "src")
+    (src / "CLL").rename(src / "\u0421LL")
+    with pytest.raises(DataError, match=r"folder\(s\) \['СLL' \(written '\\u0421LL'\)\]"):
+        run_ingest(tmp_path / "repo2", source="folder", folder=str(src))
+
+
+# --- interrupted runs, disk full ------------------------------------------------------------
+
+
+def test_kill_9_leftovers_are_removed_at_the_next_start(tmp_path):
+    """A real ingest process killed mid-write leaves data/.raw.*.tmp and an unpacked copy."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tree = tmp_path / "tree"
+    for c, cls in enumerate(CLASSES):
+        (tree / cls).mkdir(parents=True)
+        for i in range(60):  # enough that the kill lands mid-write, not after the rename
+            Image.fromarray(noise(100 * c + i, 156, 208)).save(tree / cls / f"{i}.png")
+    sha = make_tar(tmp_path / "set.tar", tree)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text(
+        f"ingest: {{source: archive, archive: {{url: {tmp_path / 'set.tar'}, sha256: {sha}}}}}\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(ingest.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lymphaug.cli", "ingest"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list((repo / "data").glob(".raw.*.tmp/*/*.png")):
+            assert proc.poll() is None and time.monotonic() < deadline, "ingest ended too soon"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    leftovers = [*(repo / "data").glob(".raw.*.tmp"), *(repo / "work/ingest").glob(".unpack-*")]
+    assert len(leftovers) == 2
+    layout = Layout(repo)
+    ingest.run(
+        parse_params(
+            {
+                "ingest": {
+                    "source": "archive",
+                    "archive": {"url": str(tmp_path / "set.tar"), "sha256": sha},
+                }
+            }
+        ),
+        layout,
+        None,
+    )
+    assert not any(p.exists() for p in leftovers)
+    assert [p.name for p in (repo / "data").iterdir()] == ["raw"]
+    assert not files_under(repo / "work")
+    assert len(read_table(layout.raw_manifest, RAW_COLUMNS)) == 180
+
+
+def test_cached_archives_of_other_checksums_are_dropped(tmp_path):
+    work = tmp_path / "work" / "ingest"
+    (work / "archives").mkdir(parents=True)
+    (work / "archives" / ("a" * 64)).write_bytes(b"old")
+    (work / "archives" / ("b" * 64)).write_bytes(b"current")
+    (work / ".download-x.part").write_bytes(b"half")
+    removed = archive_src.clean_work(work, "B" * 64)
+    assert sorted(p.name for p in removed) == [".download-x.part", "a" * 64]
+    assert [p.name for p in files_under(work)] == ["b" * 64]
+
+
+def test_disk_full_while_writing_images_is_one_line(tmp_path, monkeypatch, capsys):
+    """The write goes to /dev/full: a real ENOSPC from the kernel, at the stage's write call."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    tiny_dataset(tmp_path / "src")
+    (tmp_path / "params.yaml").write_text("ingest: {source: folder, folder: src}\n")
+    real_write = Path.write_bytes
+
+    def write_to_a_full_disk(self, data):
+        if self.suffix == ".png" and ".raw." in str(self):
+            real_write(self, b"")  # the file exists, as on a real full disk
+            with open("/dev/full", "wb") as full:
+                full.write(data)
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_to_a_full_disk)
+    assert main(["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path), "ingest"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.match(
+        rf"lymphaug ingest: error: no space left on device writing {tmp_path}/data/raw/"
+        r"(CLL|FL|MCL)/\d\.png \(\d+\.\d [KMGT]iB free there\)",
+        err,
+    ), err
+    assert not list((tmp_path / "data").iterdir())  # no .raw.*.tmp, no data/raw

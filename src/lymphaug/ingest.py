@@ -20,6 +20,10 @@ Validation, each problem named with its file:
 - the same image twice within one class: the first (by source path) is kept,
   the others are dropped with a warning and listed in ``skipped.txt``. Keeping
   them would let one image land in both the training and the test split.
+
+One ingest runs at a time (a lock in ``work/ingest``); holding it, a run first removes
+what a killed one left: ``data/.raw.*.tmp``, unpacked copies and partial downloads in
+``work/ingest``, and cached archives of other checksums.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -42,8 +45,9 @@ from tqdm import tqdm
 from lymphaug.common import manifest
 from lymphaug.common.config import IngestConfig, Params
 from lymphaug.common.errors import DataError, LymphaugError
-from lymphaug.common.files import atomic_path, sha256_bytes
+from lymphaug.common.files import atomic_path, remove_stale_temps, sha256_bytes, writing
 from lymphaug.common.images import decode_rgb, png_bytes
+from lymphaug.common.locks import exclusive
 from lymphaug.common.paths import Layout
 from lymphaug.sources import archive as archive_src
 from lymphaug.sources import mat as mat_src
@@ -85,7 +89,9 @@ def convert(item: Item, out: Path, size: list[int] | None) -> Result:
     except DataError as err:
         return Result(item, error=str(err))
     data = png_bytes(array)
-    (out / item.cls / item.name).write_bytes(data)
+    path = out / item.cls / item.name
+    with writing(path):
+        path.write_bytes(data)
     return Result(item, sha256_bytes(data), array.shape[1], array.shape[0])
 
 
@@ -235,7 +241,22 @@ def _local(path: str, layout: Layout) -> Path:
     return p if p.is_absolute() else layout.root / p
 
 
+def clean_stale(layout: Layout, cfg: IngestConfig) -> list[Path]:
+    """Remove what an interrupted ingest left (call it holding the lock); returns what went."""
+    keep = cfg.archive.sha256 if cfg.source == "archive" else None
+    return [*remove_stale_temps(layout.raw), *archive_src.clean_work(layout.work / "ingest", keep)]
+
+
 def run(params: Params, layout: Layout, args: object) -> int:
+    with exclusive(layout.work / "ingest" / ".lock", "lymphaug ingest"):
+        stale = clean_stale(layout, params.ingest)
+        if stale:
+            shown = ", ".join(str(p) for p in stale[:5]) + (" ..." if len(stale) > 5 else "")
+            print(f"ingest: removed {len(stale)} leftover(s) of an earlier run: {shown}")
+        return _run(params, layout)
+
+
+def _run(params: Params, layout: Layout) -> int:
     cfg = params.ingest
     start = time.perf_counter()
     workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
@@ -256,10 +277,12 @@ def run(params: Params, layout: Layout, args: object) -> int:
         work = layout.work / "ingest"
         local = archive_src.fetch(url, cfg.archive.sha256, layout.root, work)
         name = archive_src.archive_name(url)
-        work.mkdir(parents=True, exist_ok=True)
-        unpacked = Path(tempfile.mkdtemp(prefix=".unpack-", dir=work))
+        unpacked = archive_src.unpack_folder(work)
+        limits = archive_src.Limits(
+            max_bytes=cfg.archive.max_unpacked_bytes, max_ratio=cfg.archive.max_ratio
+        )
         try:
-            archive_src.unpack(local, unpacked, url)
+            archive_src.unpack(local, unpacked, url, limits=limits)
             try:
                 root = find_class_root(unpacked, params.classes)
             except DataError as err:

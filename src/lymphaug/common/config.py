@@ -51,10 +51,17 @@ class SampleSource(Section):
 
 
 class ArchiveSource(Section):
-    """A .tar.gz / .zip from a path or an http(s):// or file:// URL, checked by sha256."""
+    """A .tar.gz / .zip from a path or an http(s):// or file:// URL, checked by sha256.
+
+    The limits keep a hostile or broken archive (a zip bomb) from filling the disk; the
+    defaults are several times the largest real data set (IICBU unpacks to about 1.3 GB)
+    and ten times what images compress to (zip bombs reach 1000:1).
+    """
 
     url: str | None = None
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="required")
+    max_unpacked_bytes: int = Field(8 * 2**30, ge=1, description="all members together")
+    max_ratio: float = Field(100.0, ge=1, description="unpacked:compressed, per zip member")
 
 
 class MatSource(Section):

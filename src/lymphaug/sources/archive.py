@@ -12,6 +12,12 @@ Unpacking refuses, before writing anything, every member that could land outside
 the target folder: absolute paths, ``..`` components, drive letters, links whose
 target escapes, device files. Python's ``data`` extraction filter runs on top as
 a second guard.
+
+It also refuses archives that would fill the disk (zip bombs), from the headers before
+writing anything: more than ``ingest.archive.max_unpacked_bytes`` in all, or a zip member
+(a whole compressed tar) compressed more than ``ingest.archive.max_ratio`` to one. While
+unpacking, the bytes actually written are counted against the same limit and against
+each member's header, so an archive whose headers lie is stopped too.
 """
 
 from __future__ import annotations
@@ -28,15 +34,27 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
 from lymphaug.common.errors import DataError
-from lymphaug.common.files import remove, sha256_file
+from lymphaug.common.files import (
+    disk_full,
+    human_bytes,
+    is_disk_full,
+    remove,
+    sha256_file,
+    writing,
+)
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
+# Below this size a member's compression ratio is not checked: a small text file of
+# repeats compresses 100:1 harmlessly, and the total limit still bounds many of them.
+RATIO_MIN_BYTES = 1 << 20
 
 
 def is_url(location: str) -> bool:
@@ -64,6 +82,32 @@ def archive_name(location: str) -> str:
     return posixpath.basename(path.rstrip("/")) or "archive"
 
 
+DOWNLOAD_PREFIX, UNPACK_PREFIX = ".download-", ".unpack-"
+
+
+def unpack_folder(work: Path) -> Path:
+    """A fresh folder in ``work`` to unpack into (removed by the caller, or at the next start)."""
+    work.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=UNPACK_PREFIX, dir=work))
+
+
+def clean_work(work: Path, keep: str | None) -> list[Path]:
+    """Remove what killed runs left in ``work`` (partial downloads, unpacked copies) and the
+    cached archives of other checksums than ``keep``, so work/ingest never grows unbounded.
+
+    Call it under ingest's lock only: another live ingest's files would go too.
+    """
+    if not work.is_dir():
+        return []
+    stale = [*work.glob(f"{DOWNLOAD_PREFIX}*.part"), *work.glob(f"{UNPACK_PREFIX}*")]
+    cache = work / "archives"
+    if cache.is_dir():
+        stale += [p for p in cache.iterdir() if p.name != (keep or "").lower()]
+    for path in stale:
+        remove(path)
+    return stale
+
+
 def download(url: str, folder: Path) -> tuple[Path, str]:
     """Download ``url`` into a temporary file in ``folder``; return it and its sha256.
 
@@ -71,7 +115,7 @@ def download(url: str, folder: Path) -> tuple[Path, str]:
     the announced Content-Length (urllib does not raise for that by itself).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=".download-", suffix=".part", dir=folder)
+    fd, name = tempfile.mkstemp(prefix=DOWNLOAD_PREFIX, suffix=".part", dir=folder)
     part = Path(name)
     digest = hashlib.sha256()
     got = 0
@@ -98,6 +142,8 @@ def download(url: str, folder: Path) -> tuple[Path, str]:
             )
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
         remove(part)
+        if is_disk_full(err):
+            raise disk_full(part) from None
         if isinstance(err, urllib.error.HTTPError):
             reason = f"HTTP {err.code} {err.reason}"
         else:
@@ -169,16 +215,26 @@ def _link_escapes(member_name: str, target: str) -> bool:
     return joined == ".." or joined.startswith("../")
 
 
-def unpack(archive: Path, dest: Path, label: str) -> None:
+@dataclass(frozen=True)
+class Limits:
+    """How much an archive may unpack to (``ingest.archive.max_unpacked_bytes``, ``max_ratio``)."""
+
+    max_bytes: int
+    max_ratio: float
+
+
+def unpack(archive: Path, dest: Path, label: str, *, limits: Limits) -> None:
     """Unpack a zip or tar (any compression) into ``dest`` after checking every member."""
     try:
         if zipfile.is_zipfile(archive):
-            _unzip(archive, dest, label)
+            _unzip(archive, dest, label, limits)
         elif tarfile.is_tarfile(archive):
-            _untar(archive, dest, label)
+            _untar(archive, dest, label, limits)
         else:
             raise DataError(f"{label}: not a .tar.gz, .tgz, .tar or .zip archive")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+        if is_disk_full(err):
+            raise disk_full(getattr(err, "filename", None) or dest) from None
         raise DataError(f"{label}: corrupt archive ({err})") from None
 
 
@@ -188,7 +244,59 @@ def _refuse(label: str, bad: list[str]) -> None:
         raise DataError(f"{label}: refusing to unpack unsafe member(s): {shown}")
 
 
-def _untar(archive: Path, dest: Path, label: str) -> None:
+def _too_big(label: str, name: str, total: int, limits: Limits) -> DataError:
+    return DataError(
+        f"{label}: refusing to unpack: it would write more than {human_bytes(limits.max_bytes)} "
+        f"(ingest.archive.max_unpacked_bytes = {limits.max_bytes}), {human_bytes(total)} by "
+        f"member {name!r}; raise the limit if this archive is trusted"
+    )
+
+
+def _too_compressed(label: str, what: str, size: int, packed: int, limits: Limits) -> DataError:
+    return DataError(
+        f"{label}: refusing to unpack: {what} unpacks {human_bytes(size)} from "
+        f"{human_bytes(packed)} ({size / max(packed, 1):.0f}:1, more than "
+        f"ingest.archive.max_ratio = {limits.max_ratio:g}), which is how zip bombs look; "
+        "raise the limit if this archive is trusted"
+    )
+
+
+def _check_sizes(label: str, members: list[tuple[str, int, int | None]], limits: Limits) -> None:
+    """From the headers: (name, size, compressed size or None) per member, before any write."""
+    total = 0
+    for name, size, packed in members:
+        if packed is not None and size > RATIO_MIN_BYTES and size > limits.max_ratio * packed:
+            raise _too_compressed(label, f"member {name!r}", size, packed, limits)
+        total += size
+        if total > limits.max_bytes:
+            raise _too_big(label, name, total, limits)
+
+
+class _Budget:
+    """Counts the bytes really written, against each member's header and the total limit."""
+
+    def __init__(self, label: str, limits: Limits) -> None:
+        self.label, self.limits, self.written = label, limits, 0
+
+    def copy(self, src: BinaryIO, out: Path, *, name: str, declared: int) -> None:
+        """Copy one member's bytes from ``src`` to the new file ``out``."""
+        got = 0
+        remove(out)  # a repeated member replaces the earlier one, never writes through a link
+        with writing(out), open(out, "xb") as dst:
+            while block := src.read(CHUNK):
+                got += len(block)
+                self.written += len(block)
+                if got > declared:
+                    raise DataError(
+                        f"{self.label}: refusing to unpack: member {name!r} holds more "
+                        f"than the {declared} bytes its header says (a forged archive?)"
+                    )
+                if self.written > self.limits.max_bytes:
+                    raise _too_big(self.label, name, self.written, self.limits)
+                dst.write(block)
+
+
+def _untar(archive: Path, dest: Path, label: str, limits: Limits) -> None:
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
         bad = []
@@ -201,11 +309,28 @@ def _untar(archive: Path, dest: Path, label: str) -> None:
                 bad.append(f"{m.name!r} links outside the target folder ({m.linkname!r})")
             elif not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
                 bad.append(f"{m.name!r} is a device or special file")
+            elif m.issparse():
+                bad.append(f"{m.name!r} is a sparse file (its real size is not in the header)")
         _refuse(label, bad)
-        tar.extractall(dest, members=members, filter="data")
+        files = [m for m in members if m.isfile()]
+        _check_sizes(label, [(m.name, m.size, None) for m in files], limits)
+        total, packed = sum(m.size for m in files), archive.stat().st_size
+        if total > RATIO_MIN_BYTES and total > limits.max_ratio * packed:
+            raise _too_compressed(label, "the archive", total, packed, limits)
+        budget = _Budget(label, limits)
+        for m in members:
+            if m.isfile():
+                # Python's data filter as a second guard on the name; the bytes are counted
+                safe = tarfile.data_filter(m, str(dest))
+                out = dest / safe.name
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src:
+                    budget.copy(src, out, name=m.name, declared=m.size)
+            else:
+                tar.extract(m, dest, filter="data")
 
 
-def _unzip(archive: Path, dest: Path, label: str) -> None:
+def _unzip(archive: Path, dest: Path, label: str, limits: Limits) -> None:
     with zipfile.ZipFile(archive) as zf:
         bad = []
         for info in zf.infolist():
@@ -217,4 +342,14 @@ def _unzip(archive: Path, dest: Path, label: str) -> None:
                 if _link_escapes(info.filename, target):
                     bad.append(f"{info.filename!r} links outside the target folder ({target!r})")
         _refuse(label, bad)
-        zf.extractall(dest)
+        infos = zf.infolist()
+        _check_sizes(label, [(i.filename, i.file_size, i.compress_size) for i in infos], limits)
+        budget = _Budget(label, limits)
+        for info in infos:
+            out = dest.joinpath(*(p for p in info.filename.split("/") if p not in ("", ".")))
+            if info.is_dir():
+                out.mkdir(parents=True, exist_ok=True)
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src:
+                budget.copy(src, out, name=info.filename, declared=info.file_size)

@@ -8,11 +8,16 @@ skipped silently are ones no person put there on purpose: hidden files
 ``Thumbs.db`` and ``desktop.ini``, and ``__MACOSX`` folders. Anything else that
 does not decode (``notes.txt``, a truncated TIFF) is an unreadable file and goes
 through the ``on_unreadable`` policy, so it is never silently dropped.
+
+Folder names are compared with the configured classes in Unicode NFC: macOS writes
+``é`` as ``e`` + a combining accent (NFD), which looks the same but is another string.
+A name that still does not match is shown with its escapes when it is not plain ASCII.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,37 @@ IGNORED_NAMES = {"thumbs.db", "desktop.ini", "__macosx"}
 def ignorable(name: str) -> bool:
     """Hidden or OS-generated entries that are never data."""
     return name.startswith(".") or name.lower() in IGNORED_NAMES
+
+
+def nfc(name: str) -> str:
+    return unicodedata.normalize("NFC", name)
+
+
+def shown(name: str) -> str:
+    """A name as the user should read it: escapes when it is not plain ASCII (look-alikes)."""
+    return repr(name) if name.isascii() else f"{name!r} (written {ascii(name)})"
+
+
+def class_folders(root: Path, classes: list[str]) -> tuple[dict[str, Path], list[str]]:
+    """Configured class -> its folder under ``root`` (matched in NFC), and the other folders.
+
+    Raises DataError if two folders are the same class in different Unicode forms.
+    """
+    wanted = {nfc(c): c for c in classes}
+    found: dict[str, Path] = {}
+    others = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not ignorable(p.name)):
+        cls = wanted.get(nfc(d.name))
+        if cls is None:
+            others.append(d.name)
+        elif cls in found:
+            raise DataError(
+                f"{root}: folders {shown(found[cls].name)} and {shown(d.name)} are both class "
+                f"{cls} (the same name in two Unicode forms); merge them"
+            )
+        else:
+            found[cls] = d
+    return found, others
 
 
 @dataclass(frozen=True)
@@ -43,19 +79,19 @@ def scan_class_folders(
     """
     if not root.is_dir():
         raise DataError(f"{label or root}: data folder not found")
-    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not ignorable(p.name))
+    folders, unknown = class_folders(root, classes)
     label = label or str(root)
     problems = []
-    unknown = [d.name for d in dirs if d.name not in classes]
     if unknown:
         problems.append(
-            f"folder(s) {unknown} are not configured classes {classes} "
+            f"folder(s) [{', '.join(shown(u) for u in unknown)}] are not configured classes "
+            f"[{', '.join(shown(c) for c in classes)}] "
             "(add them to `classes` in params.yaml, or move them out)"
         )
     found: dict[str, list[SourceFile]] = {}
     for cls in classes:
-        folder = root / cls
-        if not folder.is_dir():
+        folder = folders.get(cls)
+        if folder is None:
             problems.append(f"class {cls}: no folder {cls}/")
             continue
         files = sorted(
@@ -79,7 +115,7 @@ def find_class_root(top: Path, classes: list[str], max_depth: int = 4) -> Path:
     cur = top
     for _ in range(max_depth + 1):
         dirs = sorted(p for p in cur.iterdir() if p.is_dir() and not ignorable(p.name))
-        if any(d.name in classes for d in dirs):
+        if class_folders(cur, classes)[0]:
             return cur
         if len(dirs) != 1:
             break
