@@ -112,9 +112,20 @@ def test_lora_saves_only_the_adapter_and_logs_to_mlflow(layout, tmp_path):
     assert result.losses == [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
 
 
+def stop_at(step: int):
+    """An on_step hook that interrupts the run at ``step`` (as Ctrl-C would)."""
+
+    def hook(done, loss, lr):
+        if done == step:
+            raise KeyboardInterrupt
+
+    return hook
+
+
 def test_resume_from_a_checkpoint_of_the_other_method(layout, tmp_path):
-    lora = tiny_params(tmp_path, {"method": "lora", "max_steps": 2, "checkpoint_every": 1})
-    finetune(lora, layout, track=False)
+    lora = tiny_params(tmp_path, {"method": "lora", "max_steps": 3, "checkpoint_every": 1})
+    with pytest.raises(KeyboardInterrupt):
+        finetune(lora, layout, track=False, on_step=stop_at(2))
     (ckpt,) = (layout.work / "finetune").glob("*/checkpoints/checkpoint-000001")
     full = tiny_params(tmp_path, {"method": "full", "max_steps": 2})
     with pytest.raises(checkpoints.CheckpointError, match="method 'lora' cannot resume.*'full'"):
@@ -179,3 +190,112 @@ def test_cli_bad_base_model_is_one_line(layout, tmp_path, capsys):
     assert main(["--params", str(params), "--root", str(tmp_path), "finetune"]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
+
+
+# --- faults: hostile, truncated and missing checkpoints; leftovers --------------------------
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A repository whose fine-tune stopped at step 5 (checkpoints at 2 and 4), and the losses
+    of the same run uninterrupted."""
+    root = tmp_path_factory.mktemp("interrupted")
+    layout = make_dataset(root)
+    params = tiny_params(root, {"max_steps": 6, "checkpoint_every": 2})
+    with loading.cpu_threads("tiny"):
+        straight, _ = finetune(params, layout, track=False)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(params, layout, resume=False, track=False, on_step=stop_at(5))
+    return root, straight.losses
+
+
+@pytest.fixture
+def resumable(interrupted, tmp_path):
+    """A fresh copy of the interrupted repository: (layout, params, the two checkpoints)."""
+    import shutil
+
+    from lymphaug.common.paths import Layout
+
+    root = tmp_path / "repo"
+    shutil.copytree(interrupted[0], root)
+    layout = Layout(root)
+    ckpts = sorted((layout.work / "finetune").glob("*/checkpoints/checkpoint-*"))
+    assert [c.name for c in ckpts] == ["checkpoint-000002", "checkpoint-000004"]
+    return layout, tiny_params(root, {"max_steps": 6, "checkpoint_every": 2}), ckpts
+
+
+def test_a_pickle_payload_in_a_checkpoint_never_runs(resumable, tmp_path):
+    from fixtures.payloads import plant
+
+    layout, params, ckpts = resumable
+    marker = tmp_path / "pwned"
+    for ckpt in ckpts:
+        state = torch.load(ckpt / "state.pt", weights_only=True)
+        plant(ckpt / "state.pt", marker, like=state)
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        finetune(params, layout, track=False)
+    message = str(err.value)
+    assert f"{ckpts[0] / 'state.pt'}: unreadable checkpoint (UnpicklingError" in message
+    assert "--no-resume" in message and "delete" in message
+    with pytest.raises(checkpoints.CheckpointError, match=rf"{ckpts[1] / 'state.pt'}: unread"):
+        finetune(params, layout, track=False, resume_from=ckpts[1])
+    assert not marker.exists(), "loading a checkpoint ran code"
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous(resumable, interrupted, capsys):
+    layout, params, ckpts = resumable
+    state = ckpts[1] / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    result, _ = finetune(params, layout, track=False)
+    err = capsys.readouterr().err
+    assert f"{state}: unreadable checkpoint" in err
+    assert f"resuming from the previous checkpoint {ckpts[0]} instead" in err
+    assert result.resumed_from == 2
+    assert result.losses == interrupted[1]  # the same run as without the interruption
+
+
+def test_a_missing_checkpoint_file_is_one_message_with_both_ways_out(resumable):
+    """A LymphaugError (the CLI prints it as one line) naming the file, --no-resume and delete."""
+    import shutil
+
+    layout, params, ckpts = resumable
+    shutil.rmtree(ckpts[0])
+    (ckpts[1] / "state.pt").unlink()
+    with pytest.raises(checkpoints.CheckpointError) as err:
+        finetune(params, layout, track=False)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{ckpts[1] / 'state.pt'}: unreadable checkpoint (FileNotFoundError" in message
+    assert "rerun with --no-resume" in message and f"delete {ckpts[1].parents[1]}" in message
+
+
+def test_success_removes_the_checkpoints_and_what_killed_runs_left(resumable):
+    layout, params, ckpts = resumable
+    work = ckpts[0].parents[1]
+    half = work / "checkpoints" / ".checkpoint-000006.abc.tmp"
+    half.mkdir()
+    other = layout.work / "finetune" / "0123456789abcdef"  # an interrupted run of other params
+    (other / "checkpoints").mkdir(parents=True)
+    model_tmp = layout.root / "models" / ".diffusion.xyz.tmp"
+    model_tmp.mkdir(parents=True)
+    result, _ = finetune(params, layout, track=False)
+    assert result.resumed_from == 4
+    assert not half.exists() and not other.exists() and not model_tmp.exists()
+    assert not work.exists(), "checkpoints are removed once the model is saved"
+    assert [p.name for p in (layout.root / "models").iterdir()] == ["diffusion"]
+
+
+def test_a_second_finetune_is_refused_while_one_runs(resumable):
+    from fixtures.processes import hold
+
+    from lymphaug.common.errors import LockedError
+
+    layout, params, _ = resumable
+    lock = layout.work / "finetune" / ".lock"
+    proc = hold(lock)
+    try:
+        with pytest.raises(LockedError, match=rf"process {proc.pid} holds the lock {lock}"):
+            finetune(params, layout, track=False)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -721,7 +721,6 @@ def test_nfd_names_in_a_zip_and_look_alikes_are_named_with_escapes(tmp_path):
 
 def test_kill_9_leftovers_are_removed_at_the_next_start(tmp_path):
     """A real ingest process killed mid-write leaves data/.raw.*.tmp and an unpacked copy."""
-    import os
     import signal
     import subprocess
     import sys
@@ -738,7 +737,9 @@ def test_kill_9_leftovers_are_removed_at_the_next_start(tmp_path):
     (repo / "params.yaml").write_text(
         f"ingest: {{source: archive, archive: {{url: {tmp_path / 'set.tar'}, sha256: {sha}}}}}\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(ingest.__file__).parents[1])}
+    from fixtures.processes import env_with_src
+
+    env = env_with_src()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lymphaug.cli", "ingest"],
         cwd=repo,

@@ -5,20 +5,30 @@ prompts from params, trains under accelerate (``accelerate launch lymphaug finet
 works on several GPUs), and writes the model to ``models/diffusion`` (see
 :mod:`lymphaug.diffusion.loading` for its form) plus the loss curve
 ``reports/finetune_loss.csv``. Checkpoints live in ``work/finetune/<params hash>`` so an
-interrupted run (or one whose outputs DVC deleted) resumes where it stopped.
+interrupted run resumes where it stopped. Once the model is saved they are removed, as
+train does: they only serve an interrupted run (a full Stable Diffusion checkpoint with
+Adam state is ~10 GB, several times the model), the model itself is in ``models/diffusion``
+and DVC's cache, and training longer changes ``max_steps`` and so the work folder anyway.
+
+One finetune runs at a time (a lock in ``work/finetune``); holding it, a run removes what
+killed runs left: temporary model folders, half-written checkpoints, and the work folders
+of other params.
 """
 
 from __future__ import annotations
 
+import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
 
 from lymphaug.common.config import FinetuneConfig, Params
 from lymphaug.common.errors import ConfigError, DataError
-from lymphaug.common.files import atomic_path, remove
+from lymphaug.common.files import atomic_path, prune, remove, remove_stale_temps
 from lymphaug.common.images import read_rgb
+from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.manifest import RAW_COLUMNS, SPLIT_COLUMNS, assert_train_only, read_table
 from lymphaug.common.paths import Layout
 
@@ -78,22 +88,65 @@ def finetune(
     on_step=None,
 ):
     """Fine-tune and save to ``layout.diffusion_model``; returns (TrainResult, ModelInfo)."""
+    from lymphaug.diffusion import training
+
+    accelerator = training.make_accelerator(params.finetune)
+    lock = lock_path(layout.work / "finetune")
+    # only the main process writes, so only it locks and cleans up
+    with exclusive(lock, "lymphaug finetune") if accelerator.is_main_process else nullcontext():
+        return _finetune(
+            params,
+            layout,
+            accelerator=accelerator,
+            resume=resume,
+            resume_from=resume_from,
+            track=track,
+            on_step=on_step,
+        )
+
+
+def clean_stale(layout: Layout, work_dir: Path, resume_from: Path | None) -> list[Path]:
+    """What killed or other-params runs left (call it holding the lock); returns what went."""
+    keep = {work_dir, lock_path(layout.work / "finetune")}
+    if resume_from is not None:  # a --resume-from checkpoint of other params stays
+        folder = work_dir.parent.resolve()
+        keep |= {p for p in (resume_from, *resume_from.parents) if p.parent == folder}
+    half_written = list((work_dir / "checkpoints").glob(".checkpoint-*"))
+    for path in half_written:
+        remove(path)
+    others = prune(work_dir.parent, keep)
+    return [*remove_stale_temps(layout.diffusion_model), *half_written, *others]
+
+
+def _finetune(
+    params: Params,
+    layout: Layout,
+    *,
+    accelerator,
+    resume: bool,
+    resume_from: Path | None,
+    track: bool,
+    on_step,
+):
     from lymphaug.diffusion import loading, training
 
     cfg = params.finetune
+    is_main = accelerator.is_main_process
     split = read_table(layout.split_csv, SPLIT_COLUMNS)
     train = training_rows(split, params.classes, cfg.prompts)
     work_dir = layout.work_dir(
         "finetune", finetune_identity(cfg, params.classes, train, layout.raw)
     )
+    if is_main:
+        stale = clean_stale(layout, work_dir, resume_from and resume_from.resolve())
+        if stale:
+            print(f"finetune: removed {len(stale)} leftover(s) of earlier runs", file=sys.stderr)
     if not resume:
         remove(work_dir)
     data = load_training_data(train, layout.raw, params.classes, cfg.prompts)
     pipe = loading.load_base(cfg.base_model, cfg.seed, layout.root)
     # a tiny base is rebuilt from its seed under a LoRA adapter: record it to check it is the same
     base_fingerprint = loading.unet_fingerprint(pipe.unet) if cfg.base_model == "tiny" else ""
-    accelerator = training.make_accelerator(cfg)
-    is_main = accelerator.is_main_process
     info = loading.ModelInfo(
         method=cfg.method,
         base_model=cfg.base_model,
@@ -115,7 +168,9 @@ def finetune(
             resume_from=resume_from,
             on_step=on_step,
         )
-        return result, _save(pipe, layout, info=info, result=result, is_main=is_main)
+        return result, _save(
+            pipe, layout, info=info, result=result, is_main=is_main, work_dir=work_dir
+        )
 
     import mlflow
 
@@ -148,7 +203,7 @@ def finetune(
             )
         finally:
             buffer.flush()
-        saved = _save(pipe, layout, info=info, result=result, is_main=is_main)
+        saved = _save(pipe, layout, info=info, result=result, is_main=is_main, work_dir=work_dir)
         mlflow.log_metrics({"final_loss": result.losses[-1], "resumed_from": result.resumed_from})
         model_dir = layout.diffusion_model
         if cfg.method == "lora" or cfg.base_model == "tiny":
@@ -160,8 +215,11 @@ def finetune(
     return result, saved
 
 
-def _save(pipe, layout: Layout, *, info, result, is_main: bool):
-    """Only the main process writes, so several processes never race on the same files."""
+def _save(pipe, layout: Layout, *, info, result, is_main: bool, work_dir: Path):
+    """Only the main process writes, so several processes never race on the same files.
+
+    The checkpoints go once the model is in place (see the module docstring for why).
+    """
     from lymphaug.diffusion import loading
 
     if not is_main:
@@ -173,6 +231,7 @@ def _save(pipe, layout: Layout, *, info, result, is_main: bool):
     with atomic_path(layout.diffusion_model) as tmp:
         saved = loading.save_finetuned(pipe, tmp, info)
     write_curve(layout.reports / "finetune_loss.csv", result.losses, result.lrs)
+    remove(work_dir)
     return saved
 
 

@@ -47,7 +47,7 @@ from lymphaug.common.config import IngestConfig, Params
 from lymphaug.common.errors import DataError, LymphaugError
 from lymphaug.common.files import atomic_path, remove_stale_temps, sha256_bytes, writing
 from lymphaug.common.images import decode_rgb, png_bytes
-from lymphaug.common.locks import exclusive
+from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.paths import Layout
 from lymphaug.sources import archive as archive_src
 from lymphaug.sources import mat as mat_src
@@ -248,7 +248,7 @@ def clean_stale(layout: Layout, cfg: IngestConfig) -> list[Path]:
 
 
 def run(params: Params, layout: Layout, args: object) -> int:
-    with exclusive(layout.work / "ingest" / ".lock", "lymphaug ingest"):
+    with exclusive(lock_path(layout.work / "ingest"), "lymphaug ingest"):
         stale = clean_stale(layout, params.ingest)
         if stale:
             shown = ", ".join(str(p) for p in stale[:5]) + (" ..." if len(stale) > 5 else "")

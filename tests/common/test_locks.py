@@ -4,36 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
+from fixtures.processes import hold
 
 from lymphaug.common.errors import LockedError
 from lymphaug.common.locks import exclusive
-
-SRC = Path(__file__).resolve().parents[2] / "src"
-
-
-def hold(lock: Path) -> subprocess.Popen:
-    """Another process that takes the lock with the project's code and keeps it."""
-    code = textwrap.dedent(
-        f"""
-        import sys, time
-        from lymphaug.common.locks import exclusive
-        with exclusive({str(lock)!r}, "test"):
-            print("locked", flush=True)
-            time.sleep(60)
-        """
-    )
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env
-    )
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
 
 
 def test_second_process_is_refused_with_the_lock_and_the_holder(tmp_path):

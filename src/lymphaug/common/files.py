@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -131,6 +131,21 @@ def remove_stale_temps(target: str | Path) -> list[Path]:
     for path in found:
         remove(path)
     return found
+
+
+def prune(folder: Path, keep: Iterable[Path]) -> list[Path]:
+    """Remove every entry of ``folder`` but ``keep``: the resumable work of other params.
+
+    A stage's work folder only serves resuming the current params (a change means a fresh
+    run anyway), so this keeps work/ to one run per stage. Call it holding the lock.
+    """
+    if not folder.is_dir():
+        return []
+    kept = {Path(p).resolve() for p in keep}
+    gone = [p for p in folder.iterdir() if p.resolve() not in kept]
+    for path in gone:
+        remove(path)
+    return gone
 
 
 def remove(path: Path) -> None:

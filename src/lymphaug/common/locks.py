@@ -17,6 +17,13 @@ from pathlib import Path
 
 from lymphaug.common.errors import LockedError
 
+LOCK_NAME = ".lock"
+
+
+def lock_path(folder: str | Path) -> Path:
+    """Where the lock of the work in ``folder`` lives."""
+    return Path(folder) / LOCK_NAME
+
 
 @contextmanager
 def exclusive(path: str | Path, what: str) -> Iterator[Path]:

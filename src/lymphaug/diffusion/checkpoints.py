@@ -4,6 +4,11 @@
 (method, step, LoRA rank). Only the trainable weights are stored (LoRA: the adapters), so a
 Stable Diffusion LoRA checkpoint is megabytes, not gigabytes. Every random draw of a step is
 a function of the step (see :mod:`.training`), so no RNG state is needed to resume exactly.
+
+``state.pt`` is read with ``weights_only=True``: tensors and plain containers only, so a
+crafted file in a work folder (or a folder given to ``--resume-from``) cannot run code. A
+checkpoint that cannot be read (truncated, missing, not ours) is :class:`UnreadableCheckpoint`,
+so the caller can fall back to an older one.
 """
 
 from __future__ import annotations
@@ -17,9 +22,15 @@ from lymphaug.common.config import FinetuneConfig
 from lymphaug.common.errors import LymphaugError
 from lymphaug.common.files import atomic_path, remove
 
+STATE_KEYS = {"trainable", "optimizer", "lr_scheduler", "losses", "lrs"}
+
 
 class CheckpointError(LymphaugError):
     """A checkpoint cannot be resumed with the current settings."""
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint's files are missing, truncated or not a checkpoint of this project."""
 
 
 def _checkpoints(folder: Path) -> list[Path]:
@@ -28,17 +39,19 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def latest_checkpoint(work_dir: Path) -> Path | None:
-    found = _checkpoints(work_dir / "checkpoints")
-    return found[-1] if found else None
+def checkpoints_newest_first(work_dir: Path) -> list[Path]:
+    return _checkpoints(work_dir / "checkpoints")[::-1]
 
 
 def check_meta(path: Path, cfg: FinetuneConfig) -> dict:
     """Refuse, with a clear message, a checkpoint whose weights could not fit this model."""
     try:
         meta = json.loads((path / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: not a readable fine-tune checkpoint ({err})") from None
+        int(meta["step"])
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise UnreadableCheckpoint(
+            f"{path / 'meta.json'}: not a readable fine-tune checkpoint ({err})"
+        ) from None
     if meta.get("method") != cfg.method:
         raise CheckpointError(
             f"{path}: checkpoint of method {meta.get('method')!r} cannot resume "
@@ -67,20 +80,40 @@ def load_checkpoint(
     The curve so far comes back too, so a resumed run's curve is the uninterrupted one's.
     """
     meta = check_meta(path, cfg)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    state = read_state(path / "state.pt")
     mismatch = set(trainable) ^ set(state["trainable"])
     if mismatch:
         raise CheckpointError(f"{path}: weights do not match this model ({sorted(mismatch)[:3]})")
-    with torch.no_grad():
-        for name, param in trainable.items():
-            param.copy_(state["trainable"][name].to(param.dtype))
-    optimizer.load_state_dict(state["optimizer"])
-    lr_scheduler.load_state_dict(state["lr_scheduler"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    if ema is not None and state.get("ema"):
-        ema.load_state_dict(state["ema"])
+    try:
+        with torch.no_grad():
+            for name, param in trainable.items():
+                param.copy_(state["trainable"][name].to(param.dtype))
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        # an older checkpoint restores every one of these again, so falling back is safe
+        raise UnreadableCheckpoint(
+            f"{path / 'state.pt'}: does not fit this model ({err})"
+        ) from None
     return int(meta["step"]), list(state["losses"]), list(state["lrs"])
+
+
+def read_state(path: Path) -> dict:
+    """``state.pt`` as tensors and plain containers only (``weights_only``): nothing runs."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # missing, truncated, a pickle that would run code: all unusable
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UnreadableCheckpoint(
+            f"{path}: unreadable checkpoint ({type(err).__name__}: {reason})"
+        ) from None
+    if not isinstance(state, dict) or not state.keys() >= STATE_KEYS:
+        raise UnreadableCheckpoint(f"{path}: not a lymphaug fine-tune checkpoint")
+    return state
 
 
 def save_checkpoint(
@@ -113,7 +146,8 @@ def save_checkpoint(
             "losses": list(losses),
             "lrs": list(lrs),
         }
-        torch.save(state, tmp / "state.pt")
+        with open(tmp / "state.pt", "wb") as f:  # a Python file: a full disk is an OSError
+            torch.save(state, f)
         meta = {
             "method": cfg.method,
             "step": step,

@@ -27,7 +27,9 @@ from PIL import Image
 from lymphaug.common.config import FinetuneConfig
 from lymphaug.common.errors import LymphaugError
 from lymphaug.diffusion.checkpoints import (
-    latest_checkpoint,
+    CheckpointError,
+    UnreadableCheckpoint,
+    checkpoints_newest_first,
     load_checkpoint,
     save_checkpoint,
 )
@@ -257,18 +259,41 @@ def train_unet(
     # Resume: restore weights, optimizer, scheduler, scaler, EMA and the curve so far
     result = TrainResult(mixed_precision=mixed_precision)
     start = 0
-    checkpoint = resume_from or (latest_checkpoint(work_dir) if resume else None)
-    if checkpoint is not None:
-        start, result.losses, result.lrs = load_checkpoint(
-            checkpoint,
-            cfg,
-            trainable=trainable,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            scaler=accelerator.scaler,
-            ema=ema,
-        )
+    # (the newest intact checkpoint: a truncated or missing one falls back to the one before)
+    if resume_from:
+        candidates = [resume_from]
+    else:
+        candidates = checkpoints_newest_first(work_dir) if resume else []
+    for k, checkpoint in enumerate(candidates):
+        try:
+            start, result.losses, result.lrs = load_checkpoint(
+                checkpoint,
+                cfg,
+                trainable=trainable,
+                optimizer=optimizer,
+                lr_scheduler=lr_scheduler,
+                scaler=accelerator.scaler,
+                ema=ema,
+            )
+        except UnreadableCheckpoint as err:
+            if resume_from:
+                raise CheckpointError(
+                    f"{err}; give --resume-from an intact checkpoint, or rerun with --no-resume"
+                ) from None
+            if k + 1 == len(candidates):
+                raise CheckpointError(
+                    f"{err}, and no earlier checkpoint is intact: rerun with --no-resume "
+                    f"(or delete {work_dir}) to start over"
+                ) from None
+            if accelerator.is_main_process:
+                print(
+                    f"finetune: {err}; resuming from the previous checkpoint "
+                    f"{candidates[k + 1]} instead",
+                    file=sys.stderr,
+                )
+            continue
         result.resumed_from = start
+        break
 
     accum_steps = cfg.gradient_accumulation_steps
     num_processes, rank = accelerator.num_processes, accelerator.process_index
