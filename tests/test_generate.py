@@ -149,3 +149,73 @@ def test_missing_model_is_a_clear_error(tmp_path):
     layout = make_dataset(tmp_path)
     with pytest.raises(DataError, match="not a fine-tuned model.*lymphaug finetune"):
         generate(tiny_params(tmp_path), layout, track=False)
+
+
+# --- faults: what is in the work folder is verified before it is published -------------------
+
+
+def _interrupt_after(n: int):
+    made = []
+
+    def hook(job):
+        made.append(job.rel)
+        if len(made) == n:
+            raise KeyboardInterrupt
+
+    return hook
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickle payload", "unrecorded"])
+def test_a_damaged_finished_image_is_made_again_not_published(layout, tmp_path, damage):
+    """The probe's case: a truncated PNG in the work folder was published with exit 0."""
+    from fixtures.payloads import plant
+
+    from lymphaug.common.images import decode_rgb
+
+    params = tiny_params(tmp_path, generate={"batch_size": 1})
+    generate(params, layout, track=False)
+    reference = _files(layout)
+    shutil.rmtree(layout.synthetic)
+    with pytest.raises(KeyboardInterrupt):
+        generate(params, layout, track=False, on_image=_interrupt_after(3))
+    (work,) = (layout.work / "generate").iterdir()
+    victim = sorted((work / "images").rglob("*.png"))[0]
+    marker = tmp_path / "pwned"
+    if damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[:100])
+    elif damage == "pickle payload":
+        plant(victim, marker)
+    else:  # an image without a record: killed between the write and the record
+        lines = (work / "finished.jsonl").read_text().splitlines()
+        kept = [line for line in lines if victim.name not in line]
+        (work / "finished.jsonl").write_text("\n".join(kept) + "\n")
+    seen = []
+    summary = generate(params, layout, track=False, on_image=lambda job: seen.append(job.rel))
+    rel = victim.relative_to(work / "images").as_posix()
+    assert rel in seen and summary["generated"] == 4  # made again with the 3 never made
+    assert _files(layout) == reference
+    for path in layout.synthetic.rglob("*.png"):
+        decode_rgb(path)
+    assert not marker.exists()
+
+
+def test_leftovers_and_other_params_work_are_removed_under_the_lock(layout, tmp_path):
+    from fixtures.processes import hold
+
+    from lymphaug.common.errors import LockedError
+
+    stale_out = layout.root / "data" / ".synthetic.abc.tmp"
+    stale_out.mkdir(parents=True)
+    other = layout.work / "generate" / "0123456789abcdef" / "images"
+    other.mkdir(parents=True)
+    generate(tiny_params(tmp_path, generate={"per_class": 1}), layout, track=False)
+    assert not stale_out.exists() and not other.parent.exists()
+    assert not list((layout.work / "generate").iterdir())
+    lock = layout.work / "generate" / ".lock"
+    proc = hold(lock)
+    try:
+        with pytest.raises(LockedError, match=rf"process {proc.pid} holds the lock {lock}"):
+            generate(tiny_params(tmp_path), layout, track=True)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -7,11 +7,18 @@ batch size, and finished images are kept in ``work/generate/<hash>`` so an inter
 resumes without redoing or duplicating them. At the end everything is moved atomically into
 ``data/synthetic/<class>/*.png`` with ``manifest.csv`` (manifest.SYNTHETIC_COLUMNS), resized
 to the data set's image size, and a real-vs-synthetic contact sheet is drawn.
+
+A finished image is reused only if it decodes and its sha256 is the one recorded in
+``finished.jsonl`` when it was written: a truncated or replaced file is made again, never
+published. One generate runs at a time (a lock in ``work/generate``); holding it, a run
+removes temporary files of killed runs and the work folders of other params.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -21,8 +28,17 @@ import pandas as pd
 
 from lymphaug.common.config import GenerateConfig, Params
 from lymphaug.common.errors import ConfigError, DataError
-from lymphaug.common.files import atomic_path, remove, write_bytes_atomic
+from lymphaug.common.files import (
+    atomic_path,
+    prune,
+    remove,
+    remove_stale_temps,
+    sha256_bytes,
+    sha256_file,
+    write_bytes_atomic,
+)
 from lymphaug.common.images import png_bytes, read_rgb, to_uint8
+from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.manifest import (
     RAW_COLUMNS,
     SPLIT_COLUMNS,
@@ -34,6 +50,7 @@ from lymphaug.common.manifest import (
 from lymphaug.common.paths import Layout
 
 SHEET = "synthetic_contact_sheet.png"
+FINISHED = "finished.jsonl"  # beside the images: one {"path", "sha256"} line per written image
 
 
 @dataclass(frozen=True)
@@ -102,6 +119,47 @@ def generation_identity(cfg: GenerateConfig, fingerprint: str, size, jobs: list[
     return [settings, fingerprint, list(size), [asdict(j) for j in jobs]]
 
 
+def intact_images(out_dir: Path, jobs: list[Job]) -> tuple[set[str], list[str]]:
+    """The jobs whose image can be reused, and the files that failed the check (removed).
+
+    An image counts only if its sha256 is the one recorded when it was written and it
+    decodes: existing is not enough (a kill or a full disk can leave a truncated file).
+    """
+    recorded: dict[str, str] = {}
+    record = out_dir.parent / FINISHED
+    if record.is_file():
+        for line in record.read_text().splitlines():
+            try:  # a line cut short by a kill is no record
+                entry = json.loads(line)
+                recorded[entry["path"]] = entry["sha256"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    intact, bad = set(), []
+    for job in jobs:
+        path = out_dir / job.rel
+        if not path.is_file():
+            continue
+        try:
+            ok = recorded.get(job.rel) == sha256_file(path)
+            if ok:
+                read_rgb(path)  # the hash was taken of the bytes written: they must decode too
+        except (DataError, OSError):
+            ok = False
+        if ok:
+            intact.add(job.rel)
+        else:
+            bad.append(job.rel)
+            remove(path)
+    return intact, bad
+
+
+def _record(out_dir: Path, rel: str, data: bytes) -> None:
+    """Append the written image's hash (after the image is in place: a kill between the two
+    leaves an unrecorded image, which is made again)."""
+    with open(out_dir.parent / FINISHED, "a") as f:
+        f.write(json.dumps({"path": rel, "sha256": sha256_bytes(data)}) + "\n")
+
+
 def generate_images(
     pipe,
     jobs: list[Job],
@@ -124,7 +182,14 @@ def generate_images(
 
     from lymphaug.diffusion.sampling import make_scheduler, resize
 
-    todo = [j for j in jobs if not (out_dir / j.rel).is_file()]
+    intact, bad = intact_images(out_dir, jobs)
+    if bad:
+        print(
+            f"generate: {len(bad)} finished image(s) in {out_dir} failed verification "
+            f"(truncated or changed; e.g. {bad[0]}): making them again",
+            file=sys.stderr,
+        )
+    todo = [j for j in jobs if j.rel not in intact]
     if not todo:
         return 0
     pipe.scheduler = make_scheduler(cfg.scheduler, pipe.scheduler.config)
@@ -166,7 +231,9 @@ def generate_images(
             with torch.inference_mode():
                 images = to_uint8(runner(**call).images * 255.0)
             for job, img in zip(class_jobs, images, strict=True):
-                write_bytes_atomic(out_dir / job.rel, png_bytes(resize(img, *size)))
+                data = png_bytes(resize(img, *size))
+                write_bytes_atomic(out_dir / job.rel, data)
+                _record(out_dir, job.rel, data)
                 made += 1
                 bar.update(1)
                 if on_image:
@@ -219,6 +286,15 @@ def contact_sheet_image(layout: Layout, train: pd.DataFrame, classes: list[str],
     return real_vs_synthetic_sheet(real, synthetic)
 
 
+def clean_stale(layout: Layout, work: Path) -> list[Path]:
+    """What killed or other-params runs left (call it holding the lock); returns what went."""
+    half_written = list((work / "images").rglob(".*.tmp"))
+    for path in half_written:
+        remove(path)
+    others = prune(work.parent, {work, lock_path(work.parent)})
+    return [*remove_stale_temps(layout.synthetic), *half_written, *others]
+
+
 def generate(
     params: Params,
     layout: Layout,
@@ -230,9 +306,26 @@ def generate(
 ) -> dict:
     """The whole stage; returns a summary (images made, skipped, seconds, work folder).
 
-    The MLflow run is opened first, so an unreachable tracking server fails before any
-    image is generated rather than after.
+    The lock is taken first (a second generate refuses before touching MLflow), then the
+    MLflow run is opened, so an unreachable tracking server fails before any image is
+    generated rather than after.
     """
+    with exclusive(lock_path(layout.work / "generate"), "lymphaug generate"):
+        return _tracked(
+            params, layout, resume=resume, track=track, on_image=on_image, device=device
+        )
+
+
+def _tracked(
+    params: Params,
+    layout: Layout,
+    *,
+    resume: bool,
+    track: bool,
+    on_image: Callable[[Job], None] | None,
+    device: str | None,
+) -> dict:
+    """The stage inside its MLflow child run (or none with ``track=False``)."""
     if not track:
         return _generate(
             params, layout, resume=resume, on_image=on_image, device=device, run_id=None
@@ -268,6 +361,9 @@ def _generate(
     sources = {c: list(train[train["class"] == c]["path"]) for c in params.classes}
     jobs = plan(cfg, params.classes, info.prompts, sources)
     work = layout.work_dir("generate", generation_identity(cfg, info.fingerprint, size, jobs))
+    stale = clean_stale(layout, work)
+    if stale:
+        print(f"generate: removed {len(stale)} leftover(s) of earlier runs", file=sys.stderr)
     if not resume:
         remove(work)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
