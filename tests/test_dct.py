@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +251,38 @@ def test_real_images(real_data):
         assert np.abs(out.mean(axis=(1, 2)) - batch.mean(axis=(1, 2))).max() < 1.5
     assert abs((m2 - batch).std() - 20.0 / np.sqrt(12)) < 0.3
     assert not np.array_equal(m1, batch)
+
+
+def test_disk_full_and_kill_leftovers(tmp_path, repo_root, monkeypatch, capsys):
+    """A full disk is one line naming the file and the free space; leftovers go at the next
+    start. The PNG write goes to /dev/full: the kernel's own ENOSPC."""
+    from pathlib import Path
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    make_raw(tmp_path / "data" / "raw")
+    params = tmp_path / "params.yaml"
+    params.write_text((repo_root / "params.yaml").read_text())
+    args = ["--params", str(params), "--root", str(tmp_path)]
+    assert main([*args, "split"]) == 0
+    killed = tmp_path / "data" / ".dct.k1ll3d.tmp"  # what kill -9 mid-dct leaves
+    (killed / "method1").mkdir(parents=True)
+    real_write = Path.write_bytes
+
+    def write_to_a_full_disk(self, data):
+        if ".dct." in str(self):
+            with open("/dev/full", "wb") as full:
+                full.write(data)
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_to_a_full_disk)
+    capsys.readouterr()
+    assert main([*args, "dct"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert re.match(
+        rf"lymphaug dct: error: no space left on device writing {tmp_path}/data/dct/method\d/"
+        r"\w+/\S+\.png \(\d+\.\d [KMGT]iB free there\)",
+        err,
+    ), err
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw", "split.csv"]

@@ -1,7 +1,8 @@
 """``lymphaug dct``: DCT-augment the training images into data/dct, draw the contact sheet.
 
 The methods themselves (what they do, why, and how they are seeded) are in
-:mod:`lymphaug.augmentation.dct`; this module reads params and does the I/O.
+:mod:`lymphaug.augmentation.dct`; this module reads params and does the I/O. One dct runs
+at a time (a lock in ``work/dct``); holding it, a run removes a killed run's ``data/.dct.*.tmp``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,20 @@ from lymphaug.augmentation.sheet import dct_contact_sheet
 from lymphaug.common import manifest
 from lymphaug.common.config import Params
 from lymphaug.common.errors import DataError
-from lymphaug.common.files import atomic_path, write_bytes_atomic
+from lymphaug.common.files import atomic_path, remove_stale_temps, write_bytes_atomic
 from lymphaug.common.images import png_bytes
+from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.paths import Layout
 
 
 def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
+    with exclusive(lock_path(layout.work / "dct"), "lymphaug dct"):
+        remove_stale_temps(layout.dct)
+        remove_stale_temps(layout.dct_contact_sheet)
+        return _run(params, layout)
+
+
+def _run(params: Params, layout: Layout) -> int:
     cfg = params.dct
     raw = manifest.read_table(layout.raw_manifest, manifest.RAW_COLUMNS)
     split = manifest.read_table(layout.split_csv, manifest.SPLIT_COLUMNS)

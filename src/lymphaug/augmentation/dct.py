@@ -45,6 +45,7 @@ from tqdm import tqdm
 from lymphaug.common import manifest
 from lymphaug.common.config import DctConfig
 from lymphaug.common.errors import DataError
+from lymphaug.common.files import writing
 from lymphaug.common.images import png_bytes, read_rgb, to_uint8
 
 AXES = (1, 2)  # H, W of an (N, H, W, C) batch
@@ -183,8 +184,9 @@ def augment_dataset(
 
     def write(rel: str, array: np.ndarray) -> None:
         target = out_root / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(png_bytes(array))
+        with writing(target):  # a full disk names this file (as published, via atomic_path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(png_bytes(array))
 
     with (
         ThreadPoolExecutor(WORKERS) as pool,
