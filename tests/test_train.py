@@ -232,3 +232,111 @@ def test_classification_metrics():
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert m["per_class"]["FL"] == {"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2}
     assert m["macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
+
+
+# --- architectures: every torchvision name trains or is refused at start-up --------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "size", "weights", "refusal"),
+    [
+        ("googlenet", 96, "none", None),  # main logits, auxiliary heads off
+        ("inception_v3", 96, "none", None),
+        ("inception_v3", 64, "none", r"inception_v3 cannot train at train.input_size 64 .*75 px"),
+        ("alexnet", 32, "none", r"alexnet cannot train at train.input_size 32 .*63 px"),
+        ("squeezenet1_1", 96, "none", r"no linear last layer to replace"),
+        ("vit_b_16", 96, "none", None),  # built for 96 px
+        ("vit_h_14", 96, "none", r"vit_h_14 cannot train at .*multiple of its patch size, 14"),
+        ("vit_b_16", 96, "imagenet", r"ImageNet weights are for 224 px inputs"),
+        ("maxvit_t", 96, "none", r"maxvit_t cannot train at .*multiple of 224"),
+        ("maxvit_t", 224, "none", None),
+        ("swin_t", 96, "none", None),
+        ("regnet_y_128gf", 96, "none", None),  # 644M weights: still no memory on the meta device
+    ],
+)
+def test_architecture_is_decided_at_start_up(arch, size, weights, refusal):
+    from lymphaug.classifier.model import check_architecture
+
+    if refusal is None:
+        check_architecture(arch, input_size=size, weights=weights)
+    else:
+        with pytest.raises(WeightsError, match=refusal):
+            check_architecture(arch, input_size=size, weights=weights)
+
+
+def test_cli_refuses_an_unusable_architecture_in_one_line(tmp_path, capsys):
+    import yaml
+
+    from lymphaug.cli import main
+
+    params = tiny_params(tmp_path, arch="inception_v3", input_size=64).model_dump()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    argv = ["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path), "train"]
+    assert main([*argv, "--condition", "base", "--seed", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lymphaug train: error: train.arch inception_v3 cannot train at")
+    assert len(err.splitlines()) == 1 and not (tmp_path / "mlflow.db").exists()
+
+
+def test_googlenet_takes_torchvision_weights_with_auxiliary_heads(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    ref = torchvision.models.googlenet(aux_logits=True, init_weights=False)
+    path = tmp_path / "googlenet.pth"
+    torch.save(ref.state_dict(), path)
+    assert any(k.startswith("aux1.") for k in ref.state_dict())
+    model = build_classifier("googlenet", 3, str(path))
+    assert torch.equal(model.body.conv1.conv.weight, ref.conv1.conv.weight)
+    model.train()
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 3)  # logits, not a namedtuple
+
+
+@pytest.mark.slow
+def test_every_torchvision_model_trains_one_step_or_is_refused(base_splits, layout):
+    """Every name in list_models at the configured size (params.yaml: 96 px, no weights):
+    decided on the meta device; one family member of each kind really trains one step."""
+    import torchvision
+
+    from lymphaug.classifier.data import ImageSet
+    from lymphaug.classifier.model import check_architecture
+
+    size = 96
+    refused = {}
+    for arch in torchvision.models.list_models(module=torchvision.models):
+        try:
+            check_architecture(arch, input_size=size, weights="none")
+        except WeightsError as err:
+            assert str(err).startswith(f"train.arch {arch}") or "linear last layer" in str(err)
+            refused[arch] = str(err)
+    assert set(refused) == {"maxvit_t", "squeezenet1_0", "squeezenet1_1", "vit_h_14"}, refused
+    one_batch = ImageSet(base_splits.train.images[:4], base_splits.train.labels[:4], [])
+    for arch in [
+        "alexnet",
+        "convnext_tiny",
+        "densenet121",
+        "efficientnet_b0",
+        "efficientnet_v2_s",
+        "googlenet",
+        "inception_v3",
+        "mnasnet0_5",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "regnet_x_400mf",
+        "regnet_y_400mf",
+        "resnet18",
+        "resnext50_32x4d",
+        "shufflenet_v2_x0_5",
+        "swin_t",
+        "swin_v2_t",
+        "vgg11_bn",
+        "vit_b_32",
+        "wide_resnet50_2",
+    ]:
+        cfg = tiny_params(arch=arch, input_size=size, batch_size=4, epochs=1).train
+        torch.manual_seed(0)
+        model = build_classifier(arch, 3, "none", input_size=size)
+        before = [p.detach().clone() for p in model.head.parameters()]
+        result = fit(model, one_batch, base_splits.val, cfg=cfg, seed=0, classes=CLASSES)
+        assert np.isfinite(result.history[0]["train_loss"]), arch
+        assert not torch.equal(before[0], model.head.weight), f"{arch} did not step"

@@ -27,7 +27,7 @@ import torch
 from lymphaug.classifier.data import Splits, load_splits
 from lymphaug.classifier.evaluate import confusion_png, curves_png, evaluate
 from lymphaug.classifier.loop import FitResult, fit, restore_best, set_determinism
-from lymphaug.classifier.model import Classifier, build_classifier
+from lymphaug.classifier.model import Classifier, build_classifier, check_architecture
 from lymphaug.common.config import Params
 from lymphaug.common.errors import LymphaugError
 from lymphaug.common.files import atomic_path, remove, sha256_file, write_text_atomic
@@ -70,7 +70,7 @@ def train_condition(
     cfg = params.train
     classes = list(params.classes)
     torch.manual_seed(seed)  # the new head's initial weights
-    model = build_classifier(cfg.arch, len(classes), cfg.weights, root)
+    model = build_classifier(cfg.arch, len(classes), cfg.weights, root, input_size=cfg.input_size)
     model.to(select_device(cfg.device))
     result = fit(
         model,
@@ -187,6 +187,9 @@ def init_distributed() -> int:
 
 
 def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
+    cfg = params.train
+    # every rank checks (the same answer), so none is left waiting for a rank that refused
+    check_architecture(cfg.arch, input_size=cfg.input_size, weights=cfg.weights)
     rank = init_distributed()
     try:
         if rank == 0:

@@ -6,6 +6,12 @@ the training loop run a frozen body without autograd and only the head with
 gradients, which is what makes the frozen-backbone condition of the study cheap.
 ``torchvision_state_dict`` maps the pair back to torchvision's own key layout, so a
 trained model can be reloaded with plain torchvision (or fed back as ``train.weights``).
+
+Any torchvision classification model whose last layer is linear works, at any input size it
+can run at; :func:`check_architecture` decides that at start-up without building the real
+network (one training step's shapes on the meta device) and refuses the rest with the
+reason. GoogLeNet and Inception v3 train on their main logits (auxiliary heads off); ViT and
+MaxViT without pretrained weights are built for ``train.input_size``.
 """
 
 from __future__ import annotations
@@ -48,7 +54,10 @@ class Classifier(nn.Module):
 def _last_linear(model: nn.Module) -> str:
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
-        raise WeightsError(f"{type(model).__name__} has no linear layer to replace")
+        raise WeightsError(
+            f"train.arch: {type(model).__name__} has no linear last layer to replace (its "
+            "classifier is a convolution); pick another architecture"
+        )
     return names[-1]
 
 
@@ -58,7 +67,30 @@ def _set_module(model: nn.Module, dotted: str, module: nn.Module) -> None:
     setattr(parent, leaf, module)
 
 
-def _torchvision_model(arch: str) -> nn.Module:
+AUX_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
+SIZED_AT_CONSTRUCTION = ("vit_", "maxvit_")
+
+
+def _builder_kwargs(arch: str, *, input_size: int, weights: str) -> dict:
+    """Constructor arguments that make ``arch`` one classifier at ``input_size``.
+
+    GoogLeNet and Inception v3 return (logits, auxiliary logits) in training: their main
+    logits are what the study's head replaces, so the auxiliary heads are left out. A ViT's
+    position embeddings and MaxViT's attention grid are sized at construction, for
+    ``input_size`` (ImageNet weights then need their own size: see check_architecture).
+    """
+    kwargs: dict = {}
+    if arch in AUX_HEADS:
+        kwargs.update(aux_logits=False, init_weights=True)
+        if weights == "imagenet":  # torchvision's weights expect their own input transform
+            kwargs["transform_input"] = True
+    if arch.startswith(SIZED_AT_CONSTRUCTION):
+        key = "image_size" if arch.startswith("vit_") else "input_size"
+        kwargs[key] = input_size if key == "image_size" else (input_size, input_size)
+    return kwargs
+
+
+def _torchvision_model(arch: str, *, input_size: int, weights: str) -> nn.Module:
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
@@ -67,7 +99,66 @@ def _torchvision_model(arch: str) -> nn.Module:
             f"train.arch: unknown torchvision classification model {arch!r} "
             f"(e.g. alexnet, resnet18, resnet50, vgg11, densenet121, efficientnet_b0)"
         )
-    return torchvision.models.get_model(arch, weights=None)
+    kwargs = _builder_kwargs(arch, input_size=input_size, weights=weights)
+    try:
+        return torchvision.models.get_model(arch, weights=None, **kwargs)
+    except (AssertionError, ValueError) as err:  # e.g. a ViT size not divisible by its patch
+        raise WeightsError(_cannot_train(arch, input_size, weights, err)) from None
+
+
+def _cannot_train(arch: str, input_size: int, weights: str, err: BaseException) -> str:
+    """Why ``arch`` cannot train here, with torchvision's own minimum size as a hint."""
+    import torchvision
+
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    if arch.startswith("vit_"):
+        hint = f"; a ViT needs a multiple of its patch size, {arch.rsplit('_', 1)[1]} px"
+    elif arch.startswith("maxvit_"):
+        hint = "; MaxViT needs a multiple of 224 px (7 x 7 windows at every stage)"
+    else:
+        try:
+            low = torchvision.models.get_model_weights(arch).DEFAULT.meta.get("min_size")
+        except (ValueError, KeyError, AttributeError):
+            low = None
+        hint = f"; torchvision gives {low[0]} px as its smallest input" if low else ""
+    return (
+        f"train.arch {arch} cannot train at train.input_size {input_size} with train.weights "
+        f"{weights} ({reason}){hint}; pick another size or architecture"
+    )
+
+
+def check_architecture(arch: str, *, input_size: int, weights: str) -> None:
+    """Refuse, at start-up and with the reason, an architecture that could not train here.
+
+    Builds the network on the meta device (no memory, no weights, under a second even for
+    vit_h_14 or regnet_y_128gf) and runs one training step's forward and backward pass at
+    ``input_size``: a too-small input, a model with no linear last layer (squeezenet) or
+    one that returns more than logits fails here, not inside torch minutes later.
+    """
+    from accelerate import init_empty_weights
+
+    if weights == "imagenet" and arch.startswith(SIZED_AT_CONSTRUCTION):
+        native = imagenet_weights(arch).meta["min_size"][0]
+        if input_size != native:
+            raise WeightsError(
+                f"train.arch {arch}: its ImageNet weights are for {native} px inputs "
+                f"(position embeddings of that size); set train.input_size: {native}, or "
+                "train.weights: none"
+            )
+    with init_empty_weights(include_buffers=False):
+        net = _torchvision_model(arch, input_size=input_size, weights=weights)
+    head_name = _last_linear(net)
+    head = net.get_submodule(head_name)
+    _set_module(net, head_name, nn.Identity())
+    model = Classifier(net, nn.Linear(head.in_features, 2), arch, head_name).to("meta")
+    model.train()
+    try:
+        logits = model(torch.empty(2, 3, input_size, input_size, device="meta"))
+        if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, 2):
+            raise ValueError(f"the network returns {type(logits).__name__}, not logits")
+        logits.sum().backward()
+    except Exception as err:  # shape errors come as RuntimeError, ValueError, AssertionError
+        raise WeightsError(_cannot_train(arch, input_size, weights, err)) from None
 
 
 def imagenet_weights(arch: str):
@@ -110,6 +201,9 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_into(model: nn.Module, state: dict, source: str, arch: str) -> None:
+    # weights saved with the auxiliary heads (torchvision's own) fit the network without them
+    aux = AUX_HEADS.get(arch, ())
+    state = {k: v for k, v in state.items() if not k.startswith(aux)} if aux else state
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -121,14 +215,20 @@ def _load_into(model: nn.Module, state: dict, source: str, arch: str) -> None:
 
 
 def build_classifier(
-    arch: str, num_classes: int, weights: str, root: Path = Path(".")
+    arch: str,
+    num_classes: int,
+    weights: str,
+    root: Path = Path("."),
+    *,
+    input_size: int = 224,
 ) -> Classifier:
     """Build ``arch`` with ``weights`` (imagenet | none | path) and a fresh ``num_classes`` head.
 
     A weights file may hold the original 1000-class head (a torchvision download)
-    or an already replaced ``num_classes`` head (a model this stage wrote).
+    or an already replaced ``num_classes`` head (a model this stage wrote). ``input_size``
+    only matters to the models sized at construction (ViT, MaxViT without weights).
     """
-    net = _torchvision_model(arch)
+    net = _torchvision_model(arch, input_size=input_size, weights=weights)
     head_name = _last_linear(net)
     old_head = net.get_submodule(head_name)
     in_features = old_head.in_features

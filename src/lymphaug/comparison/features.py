@@ -91,7 +91,9 @@ def choose(
     for name in order:
         if name == "classifier":
             path = classifier_weights(layout, seed)
-            model = build_classifier(arch, n_classes, weights=str(path), root=layout.root)
+            model = build_classifier(
+                arch, n_classes, weights=str(path), root=layout.root, input_size=input_size
+            )
             desc = (
                 f"the `base` classifier of seed {seed} ({arch}, penultimate layer, "
                 f"{path.relative_to(layout.root) if path.is_relative_to(layout.root) else path}); "
