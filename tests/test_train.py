@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -340,3 +342,140 @@ def test_every_torchvision_model_trains_one_step_or_is_refused(base_splits, layo
         result = fit(model, one_batch, base_splits.val, cfg=cfg, seed=0, classes=CLASSES)
         assert np.isfinite(result.history[0]["train_loss"]), arch
         assert not torch.equal(before[0], model.head.weight), f"{arch} did not step"
+
+
+def test_device_names_a_gpu_this_machine_has():
+    from lymphaug.common.errors import ConfigError
+    from lymphaug.train import check_device
+
+    assert check_device("cpu").type == "cpu"
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    message = f"only {n} CUDA GPU" if n else "no CUDA GPU is visible"
+    with pytest.raises(ConfigError, match=rf"train.device is 'cuda:{n}' but {message}"):
+        check_device(f"cuda:{n}")
+
+
+# --- faults: disk full, a second run, leftovers --------------------------------------------------
+
+
+def test_disk_full_at_the_checkpoint_is_one_message_and_leaves_nothing(
+    base_splits, layout, tmp_path, monkeypatch
+):
+    """torch.save writes into /dev/full: the kernel's ENOSPC through torch's own writer."""
+    from pathlib import Path
+
+    from lymphaug.common.errors import DiskFullError
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    real_save = torch.save
+
+    def save_to_a_full_disk(obj, f, *args, **kwargs):
+        with open("/dev/full", "wb") as full:
+            real_save(obj, full, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_to_a_full_disk)
+    work = tmp_path / "work"
+    params = tiny_params(epochs=1, arch="mobilenet_v3_small")
+    with pytest.raises(DiskFullError) as err:
+        train_condition(params, base_splits, seed=0, root=layout.root, work_dir=work)
+    assert str(err.value).startswith(f"no space left on device writing {work / CHECKPOINT} (")
+    assert "free there" in str(err.value) and "\n" not in str(err.value)
+    assert list(work.iterdir()) == []  # no .checkpoint.pt.*.tmp
+
+
+def test_a_second_train_of_the_same_condition_and_seed_refuses_at_once(tmp_path, capsys):
+    """The probe's case: the second deleted the first's MLflow run. It must not get that far."""
+    import time
+
+    import yaml
+    from fixtures.processes import hold
+
+    from lymphaug.cli import main
+
+    root = tmp_path / "repo"
+    make_dataset(root, dct=False, synthetic=False)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(root).model_dump()))
+    lock = root / "work" / "train" / "base" / "seed_0" / ".lock"
+    proc = hold(lock)
+    try:
+        argv = ["--params", str(root / "params.yaml"), "--root", str(root), "train"]
+        start = time.monotonic()
+        assert main([*argv, "--condition", "base", "--seed", "0"]) == 2
+        assert time.monotonic() - start < 10
+        err = capsys.readouterr().err.strip()
+        assert err == (
+            "lymphaug train: error: lymphaug train --condition base --seed 0 is already "
+            f"running: process {proc.pid} holds the lock {lock}. Wait for it to finish (or "
+            "stop it), then rerun"
+        )
+        assert not (root / "mlflow.db").exists()  # refused before MLflow was touched
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_leftovers_of_killed_and_other_params_runs_are_found(tmp_path):
+    from lymphaug.common.paths import Layout
+    from lymphaug.train import clean_stale
+
+    lay = Layout(tmp_path)
+    work = lay.work / "train" / "base" / "seed_0" / "aaaaaaaaaaaaaaaa"
+    other = work.with_name("bbbbbbbbbbbbbbbb")
+    leftovers = [
+        lay.root / "models" / "base" / ".seed_0.x1.tmp",
+        lay.train_report("base", 0) / ".metrics.json.x2.tmp",
+        work / ".checkpoint.pt.x3.tmp",
+        other / CHECKPOINT,
+    ]
+    for path in leftovers:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    (work / CHECKPOINT).write_bytes(b"the current run's")
+    removed = clean_stale(lay, work, "base", 0)
+    assert sorted(removed) == sorted([*leftovers[:3], other])
+    assert [p.name for p in work.iterdir()] == [CHECKPOINT]
+
+
+@pytest.mark.slow
+def test_two_real_trains_of_one_condition_and_seed(tmp_path):
+    """While one `lymphaug train` trains, a second refuses at once; the first's run survives."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from fixtures.processes import env_with_src
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path / "repo"
+    make_dataset(root, dct=False, synthetic=False)
+    params = tiny_params(root, arch="mobilenet_v3_small", epochs=8, freeze_backbone=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+    train = [sys.executable, "-m", "lymphaug.cli", "train", "--condition", "base", "--seed", "0"]
+    env = {k: v for k, v in env_with_src().items() if not k.startswith("MLFLOW_")}
+    env["LYMPHAUG_PIPELINE_ID"] = "two-trains"
+    first = subprocess.Popen(train, cwd=root, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((root / "work" / "train").rglob(CHECKPOINT)):
+            assert first.poll() is None and time.monotonic() < deadline, "first run ended"
+            time.sleep(0.05)
+        second = subprocess.run(train, cwd=root, env=env, capture_output=True, text=True)
+        assert first.poll() is None, "the second run must refuse while the first trains"
+        out, _ = first.communicate(timeout=300)
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2
+    lock = Path("work/train/base/seed_0/.lock")
+    assert second.stderr.strip().splitlines()[-1] == (
+        "lymphaug train: error: lymphaug train --condition base --seed 0 is already running: "
+        f"process {first.pid} holds the lock {lock}. Wait for it to finish (or stop it), then rerun"
+    )
+    assert first.returncode == 0, out
+    client = MlflowClient(params.mlflow.tracking_uri)
+    exp = client.get_experiment_by_name(params.mlflow.experiment)
+    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'train base seed=0'")
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    assert not (root / "work" / "train" / "base" / "seed_0").exists()

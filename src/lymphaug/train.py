@@ -9,6 +9,14 @@ evaluated on the test split, and the outputs are moved into place atomically:
 
 - ``models/<condition>/seed_<n>/``: ``model.pt`` (torchvision state dict) + ``model.json``
 - ``reports/train/<condition>/seed_<n>/``: ``metrics.json``, ``history.csv``, ``predictions.csv``
+
+Before any of that: the architecture is checked at ``train.input_size`` (see
+:func:`~lymphaug.classifier.model.check_architecture`) and the lock
+``work/train/<condition>/seed_<n>/.lock`` is taken, so a second run of the same condition and
+seed refuses at once instead of deleting the first one's MLflow run; holding it, a run
+removes what killed runs left (temporary outputs, other params' work folders). A tracking
+server that stops answering mid-run ends the stage with one message: the checkpoint stays
+and a rerun resumes from it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import datetime
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +35,23 @@ import torch
 
 from lymphaug.classifier.data import Splits, load_splits
 from lymphaug.classifier.evaluate import confusion_png, curves_png, evaluate
-from lymphaug.classifier.loop import FitResult, fit, restore_best, set_determinism
+from lymphaug.classifier.loop import CHECKPOINT, FitResult, fit, restore_best, set_determinism
 from lymphaug.classifier.model import Classifier, build_classifier, check_architecture
 from lymphaug.common.config import Params
-from lymphaug.common.errors import LymphaugError
-from lymphaug.common.files import atomic_path, remove, sha256_file, write_text_atomic
+from lymphaug.common.errors import ConfigError
+from lymphaug.common.files import (
+    atomic_path,
+    prune,
+    remove,
+    remove_stale_temps,
+    sha256_file,
+    write_text_atomic,
+)
+from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.paths import Layout
+from lymphaug.common.tracking import TrackingError
+
+REPORT_FILES = ("metrics.json", "history.csv", "predictions.csv")
 
 
 @dataclass
@@ -47,12 +67,31 @@ class Outcome:
 
 
 def select_device(name: str) -> torch.device:
-    """``auto``: the GPU when one is visible. Under torchrun each process takes GPU LOCAL_RANK."""
+    """``auto``: the GPU when one is visible. Under torchrun each process takes GPU LOCAL_RANK
+    (``cuda``); ``cuda:N`` pins GPU N."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+def check_device(name: str) -> torch.device:
+    """The device ``train.device`` names, or ConfigError if this machine does not have it."""
+    device = select_device(name)
+    if device.type != "cuda":
+        return device
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not visible:
+        raise ConfigError(
+            f"train.device is {name!r} but no CUDA GPU is visible; use 'auto' or 'cpu'"
+        )
+    if (device.index or 0) >= visible:
+        raise ConfigError(
+            f"train.device is {name!r} but only {visible} CUDA GPU(s) are visible "
+            f"(cuda:0..cuda:{visible - 1})"
+        )
+    return device
 
 
 def train_condition(
@@ -149,7 +188,8 @@ def write_outputs(
     model_dir = layout.classifier(condition, seed)
     with atomic_path(model_dir) as tmp:
         tmp.mkdir(parents=True)
-        torch.save(outcome.model.torchvision_state_dict(), tmp / "model.pt")
+        with open(tmp / "model.pt", "wb") as f:  # a Python file: a full disk is an OSError
+            torch.save(outcome.model.torchvision_state_dict(), f)
         info = {
             "arch": cfg.arch,
             "classes": list(params.classes),
@@ -163,12 +203,13 @@ def write_outputs(
         (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n")
     rep = layout.train_report(condition, seed)
     rep.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(rep / "metrics.json", json.dumps(outcome.metrics, indent=2) + "\n")
-    with atomic_path(rep / "history.csv") as tmp:
+    metrics, history, predictions = (rep / n for n in REPORT_FILES)
+    write_text_atomic(metrics, json.dumps(outcome.metrics, indent=2) + "\n")
+    with atomic_path(history) as tmp:
         outcome.history.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6f")
-    with atomic_path(rep / "predictions.csv") as tmp:
+    with atomic_path(predictions) as tmp:
         outcome.predictions.to_csv(tmp, index=False, lineterminator="\n")
-    return [rep / n for n in ("metrics.json", "history.csv", "predictions.csv")]
+    return [metrics, history, predictions]
 
 
 def init_distributed() -> int:
@@ -189,6 +230,7 @@ def init_distributed() -> int:
 def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
     cfg = params.train
     # every rank checks (the same answer), so none is left waiting for a rank that refused
+    check_device(cfg.device)
     check_architecture(cfg.arch, input_size=cfg.input_size, weights=cfg.weights)
     rank = init_distributed()
     try:
@@ -214,22 +256,55 @@ def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
+def clean_stale(layout: Layout, work: Path, condition: str, seed: int) -> list[Path]:
+    """What killed or other-params runs of this condition and seed left (hold the lock)."""
+    report = layout.train_report(condition, seed)
+    stale = [
+        *remove_stale_temps(layout.classifier(condition, seed)),
+        *(p for n in REPORT_FILES for p in remove_stale_temps(report / n)),
+        *remove_stale_temps(work / CHECKPOINT),
+    ]
+    return [*stale, *prune(work.parent, {work, lock_path(work.parent)})]
+
+
 def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int:
+    condition, seed = args.condition, args.seed
+    set_determinism(params.train.num_threads)
+    digests = data_digests(layout, condition, params)
+    work = work_folder(params, layout, condition, seed, digests)
+    # taken before the MLflow run: a second run would delete the first one's run
+    with exclusive(lock_path(work.parent), f"lymphaug train --condition {condition} --seed {seed}"):
+        stale = clean_stale(layout, work, condition, seed)
+        if stale:
+            print(f"train: removed {len(stale)} leftover(s) of earlier runs", file=sys.stderr)
+        return _train_and_log(
+            params,
+            layout,
+            condition=condition,
+            seed=seed,
+            work=work,
+            digests=digests,
+            resume=not args.no_resume,
+        )
+
+
+def _train_and_log(
+    params: Params,
+    layout: Layout,
+    *,
+    condition: str,
+    seed: int,
+    work: Path,
+    digests: dict[str, tuple[Path, str]],
+    resume: bool,
+) -> int:
+    """The MLflow child run around training, testing and writing the outputs."""
     from lymphaug.classifier.mlflow_run import ChildRun
 
-    condition, seed = args.condition, args.seed
     cfg = params.train
-    set_determinism(cfg.num_threads)
-    device = select_device(cfg.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LymphaugError(
-            "train.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'"
-        )
     child = ChildRun(params, layout, condition, seed)  # fails fast if the server is down
     try:
         splits = load_splits(condition, params, layout)
-        digests = data_digests(layout, condition, params)
-        work = work_folder(params, layout, condition, seed, digests)
         manifests = {}
         for name, df in splits.manifests.items():
             path = digests.get("split" if name in ("train", "val", "test") else name)
@@ -243,7 +318,7 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
             seed=seed,
             root=layout.root,
             work_dir=work,
-            resume=not args.no_resume,
+            resume=resume,
             on_epoch=child.log_epoch,
         )
         files = write_outputs(outcome, params=params, layout=layout, condition=condition, seed=seed)
@@ -260,6 +335,15 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
         child.finish(
             outcome.model, outcome.metrics, [*files, *sorted(figures.glob("*.png"))], cfg.input_size
         )
+    except TrackingError as err:
+        child.fail(server_down=True)
+        kept = (
+            f"the checkpoint {work / CHECKPOINT} is kept: rerun the same command (or dvc repro) "
+            "to resume from it"
+            if (work / CHECKPOINT).is_file()
+            else "no epoch had finished, so a rerun starts from the beginning"
+        )
+        raise TrackingError(f"{err}; training stopped, {kept}") from None
     except BaseException:
         child.fail()
         raise
@@ -267,8 +351,11 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
     # the finished model is in models/ and DVC's cache.
     remove(work)
     m = outcome.metrics
+    resumed = outcome.fit.resumed_from
     print(
-        f"train {condition} seed={seed}: best epoch {m['best_epoch']}, "
+        f"train {condition} seed={seed}: "
+        + (f"resumed from epoch {resumed}, " if resumed else "")
+        + f"best epoch {m['best_epoch']}, "
         f"val acc {m['best_val_acc']:.3f}, test acc {m['test_accuracy']:.3f}, "
         f"macro-F1 {m['test_macro_f1']:.3f} (MLflow run {child.run_id} at {child.uri})"
     )

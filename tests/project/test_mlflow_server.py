@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,11 +58,10 @@ def test_environment_uri_wins_and_is_checked(tmp_path, monkeypatch):
 # --- live server (slow) -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """`mlflow server` on 127.0.0.1:<free port>; yields (uri, artifact directory)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
+@contextmanager
+def serve(root: Path, port: int) -> Iterator[tuple[str, Path, int]]:
+    """`mlflow server` on 127.0.0.1:``port`` with its store in ``root``; yields (uri, artifact
+    directory, process group id). Stopping it and starting it again keeps the store."""
     artifacts = root / "artifacts"
     cmd = [
         sys.executable,
@@ -78,7 +79,7 @@ def mlflow_server(tmp_path_factory):
         "--artifacts-destination",
         str(artifacts),
     ]
-    log = (root / "server.log").open("w")
+    log = (root / "server.log").open("a")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     # own process group: the server runs its workers as children, stopped together below
     proc = subprocess.Popen(
@@ -101,13 +102,21 @@ def mlflow_server(tmp_path_factory):
             time.sleep(0.5)
         yield uri, artifacts, proc.pid
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on 127.0.0.1:<free port>; yields (uri, artifact directory, pid)."""
+    with serve(tmp_path_factory.mktemp("mlflow-server"), free_port()) as server:
+        yield server
 
 
 def non_loopback_ipv4() -> str | None:
@@ -186,3 +195,62 @@ def test_runs_metrics_and_artifacts_over_http(mlflow_server, tmp_path, monkeypat
     )
     assert [r.info.run_id for r in children] == [child]
     assert reader.get_run(first).info.lifecycle_stage == "deleted"
+
+
+@pytest.mark.slow
+def test_server_killed_mid_training_is_one_message_and_a_rerun_resumes(tmp_path):
+    """The probe's case: a run hung ~8 minutes in retries, then a 230-line traceback."""
+    import yaml
+    from fixtures.classifier_data import make_dataset, tiny_params
+    from fixtures.processes import env_with_src
+    from mlflow.tracking import MlflowClient
+
+    store, repo, port = tmp_path / "store", tmp_path / "repo", free_port()
+    store.mkdir()
+    make_dataset(repo, dct=False, synthetic=False)
+    uri = f"http://127.0.0.1:{port}"
+    params = tiny_params(repo, arch="mobilenet_v3_small", epochs=6, freeze_backbone=True)
+    params = params.model_dump()
+    params["mlflow"] = {"tracking_uri": uri, "experiment": "killed"}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    train = [sys.executable, "-m", "lymphaug.cli", "train", "--condition", "base", "--seed", "0"]
+    env = {**env_with_src(), "LYMPHAUG_PIPELINE_ID": "killed-server"}
+    env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_")}  # the project's bounds
+    with serve(store, port) as (_, _, server_pid):
+        proc = subprocess.Popen(
+            train, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 300
+        while not list((repo / "work" / "train").rglob("checkpoint.pt")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no checkpoint in 300 s"
+            time.sleep(0.1)
+        os.killpg(server_pid, signal.SIGKILL)  # the server dies; its store stays
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert time.monotonic() - killed < 60, "bounded retries: seconds, not minutes"
+    lines = [line for line in err.splitlines() if line.startswith("lymphaug train:")]
+    assert "Traceback" not in err and len(lines) == 1, err
+    (ckpt,) = (repo / "work" / "train").rglob("checkpoint.pt")
+    assert lines[0].startswith(
+        f"lymphaug train: error: MLflow tracking server {uri} stopped "
+        "answering while logging epoch "
+    )
+    assert f"the checkpoint {ckpt.relative_to(repo)} is kept: rerun the same command" in lines[0]
+    done = torch_epoch(ckpt)
+    with serve(store, port):  # the server is back: a rerun resumes from the checkpoint
+        out = subprocess.run(train, cwd=repo, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("killed")
+        runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'train base seed=0'")
+    assert [r.info.status for r in runs] == ["FINISHED"]  # the killed run's child was replaced
+    assert f"train base seed=0: resumed from epoch {done}, " in out.stdout
+    assert not ckpt.exists() and (repo / "models" / "base" / "seed_0" / "model.pt").is_file()
+
+
+def torch_epoch(checkpoint: Path) -> int:
+    import torch
+
+    return int(torch.load(checkpoint, weights_only=True)["epoch"])

@@ -59,8 +59,10 @@ def _meta(model: Classifier, classes: list[str], frozen: bool) -> dict:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    # through a Python file: a full disk is then an OSError (atomic_path names the file),
+    # not torch's "enforce fail at inline_container.cc ... unexpected pos"
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: Path, model: Classifier, classes: list[str], frozen: bool) -> dict:

@@ -3,13 +3,16 @@
 The run is created before any data is decoded, so an unreachable tracking server
 stops the stage in seconds. Per-epoch metrics are logged as they come with
 ``step=epoch`` (a resumed run re-logs the checkpointed epochs into its fresh child
-run, so the curve is always complete and never duplicated).
+run, so the curve is always complete and never duplicated). A server that stops
+answering later is one :class:`~lymphaug.common.tracking.TrackingError` naming it,
+after MLflow's retries, which the project bounds to seconds.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +31,15 @@ class ChildRun:
     """The MLflow child run of one training stage execution."""
 
     def __init__(self, params: Params, layout: Layout, condition: str, seed: int) -> None:
-        self.client, self.experiment_id = tracking.setup(params.mlflow, layout.root)
-        key = tracking.pipeline_key(layout.root)
-        self.parent_id = tracking.parent_run_id(self.client, self.experiment_id, key)
-        tags = tracking.run_tags(layout.root, {"condition": condition, "seed": str(seed)})
-        self.run_id = tracking.fresh_child_run_id(
-            self.client, self.experiment_id, self.parent_id, run_name(condition, seed), tags
-        )
         self.uri = tracking.tracking_uri(params.mlflow, layout.root)
+        self.client, self.experiment_id = tracking.setup(params.mlflow, layout.root)
+        with tracking.talking_to(self.uri, "creating the run"):
+            key = tracking.pipeline_key(layout.root)
+            self.parent_id = tracking.parent_run_id(self.client, self.experiment_id, key)
+            tags = tracking.run_tags(layout.root, {"condition": condition, "seed": str(seed)})
+            self.run_id = tracking.fresh_child_run_id(
+                self.client, self.experiment_id, self.parent_id, run_name(condition, seed), tags
+            )
 
     def log_setup(
         self,
@@ -47,6 +51,10 @@ class ChildRun:
         tags: dict[str, str],
     ) -> None:
         """Params, data-set hash tags, and the data sets as MLflow inputs."""
+        with tracking.talking_to(self.uri, "logging the run's params"):
+            self._log_setup(params, condition=condition, seed=seed, manifests=manifests, tags=tags)
+
+    def _log_setup(self, params: Params, *, condition: str, seed: int, manifests, tags) -> None:
         import mlflow
 
         flat = {"condition": condition, "seed": str(seed), "classes": ",".join(params.classes)}
@@ -79,7 +87,8 @@ class ChildRun:
         now = int(time.time() * 1000)
         step = int(row["epoch"])
         metrics = [Metric(k, float(v), now, step) for k, v in row.items() if k != "epoch"]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        with tracking.talking_to(self.uri, f"logging epoch {step}"):
+            self.client.log_batch(self.run_id, metrics=metrics)
 
     def finish(self, model, metrics: dict, files: list[Path], input_size: int) -> None:
         """Test metrics, artifacts, the model; then mark the run finished."""
@@ -91,7 +100,10 @@ class ChildRun:
             for k in ("precision", "recall", "f1"):
                 flat[f"test_{k}_{c}"] = m[k]
         flat["best_epoch"] = metrics["best_epoch"]
-        with mlflow.start_run(run_id=self.run_id):
+        with (
+            tracking.talking_to(self.uri, "logging the results and the model"),
+            mlflow.start_run(run_id=self.run_id),
+        ):
             mlflow.log_metrics(flat)
             for f in files:
                 mlflow.log_artifact(str(f))
@@ -100,5 +112,11 @@ class ChildRun:
                 warnings.simplefilter("ignore", UserWarning)
                 mlflow.pytorch.log_model(model, name="model", input_example=example)
 
-    def fail(self) -> None:
-        self.client.set_terminated(self.run_id, status="FAILED")
+    def fail(self, *, server_down: bool = False) -> None:
+        """Mark the run FAILED when the store still answers; never raise over the real error."""
+        try:
+            with tracking.no_retries() if server_down else nullcontext():
+                self.client.set_terminated(self.run_id, status="FAILED")
+        except Exception as err:
+            if not tracking.is_tracking_failure(err):
+                raise

@@ -16,6 +16,8 @@ import subprocess
 import urllib.error
 import urllib.request
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lymphaug.common.config import MlflowConfig
@@ -26,8 +28,71 @@ ROLE_TAG = "lymphaug.role"
 PARENT_TAG = "mlflow.parentRunId"
 
 
+# MLflow retries an HTTP call 7 times with growing back-off (about 4 minutes) and waits up
+# to 120 s for each answer: a server that died mid-training hung the stage for ~8 minutes.
+# The project's bounds, used unless the user set these variables: retries over a blip of a
+# few seconds (connection refused: ~7 s in all), 30 s for an answer (an upload included).
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
 class TrackingError(LymphaugError):
     """The MLflow tracking server cannot be used."""
+
+
+def bound_http_retries() -> None:
+    """Set :data:`HTTP_BOUNDS` for every variable the user has not set."""
+    for name, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(name, value)
+
+
+@contextmanager
+def no_retries() -> Iterator[None]:
+    """One try, 5 s: for a last call to a server already found dead (marking a run failed)."""
+    saved = {k: os.environ.get(k) for k in HTTP_BOUNDS}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def is_tracking_failure(err: BaseException) -> bool:
+    """An error of the store or the server (not one of ours): MLflow's, or the HTTP layer's."""
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+
+    return isinstance(err, (MlflowException, RequestException, ConnectionError, TimeoutError))
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err)
+    if "Connection refused" in text or "NewConnectionError" in text:
+        return "connection refused"
+    if "timeout" in text.lower() or "timed out" in text.lower():
+        return "no answer in time"
+    first = (text.strip().splitlines() or [type(err).__name__])[0]
+    return first[:200] + ("..." if len(first) > 200 else "")
+
+
+@contextmanager
+def talking_to(uri: str, what: str) -> Iterator[None]:
+    """Turn a failure of the tracking store during ``what`` into one TrackingError naming it."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, LymphaugError) or not is_tracking_failure(err):
+            raise
+        raise TrackingError(
+            f"MLflow tracking server {uri} stopped answering while {what} ({_reason(err)})"
+        ) from None
 
 
 def tracking_uri(cfg: MlflowConfig, root: Path) -> str:
@@ -78,6 +143,7 @@ def setup(cfg: MlflowConfig, root: Path):
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg, root)
+    bound_http_retries()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
