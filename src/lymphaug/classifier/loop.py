@@ -21,7 +21,7 @@ from tqdm import tqdm
 from lymphaug.classifier.data import ImageSet, eval_tensor, normalize, random_crops
 from lymphaug.classifier.model import Classifier
 from lymphaug.common.config import TrainConfig
-from lymphaug.common.errors import LymphaugError
+from lymphaug.common.errors import LymphaugError, one_line
 from lymphaug.common.files import atomic_path
 
 CHECKPOINT = "checkpoint.pt"
@@ -69,8 +69,8 @@ def load_checkpoint(path: Path, model: Classifier, classes: list[str], frozen: b
     """Read a checkpoint and check it belongs to this architecture and class list."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        msg = f"{path}: unreadable checkpoint ({err}); delete it or --no-resume"
+    except Exception as err:  # truncated, or a pickle that would run code: weights_only refuses
+        msg = f"{path}: unreadable checkpoint ({one_line(err)}); delete it or --no-resume"
         raise TrainingError(msg) from None
     want = _meta(model, classes, frozen)
     got = ckpt.get("meta") if isinstance(ckpt, dict) else None

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lymphaug.common.errors import LymphaugError
+from lymphaug.common.errors import LymphaugError, one_line
 
 
 class WeightsError(LymphaugError):
@@ -190,9 +190,7 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise WeightsError(
-            f"{path}: not a PyTorch state dict ({type(err).__name__}: {err})"
-        ) from None
+        raise WeightsError(f"{path}: not a PyTorch state dict ({one_line(err)})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -1,5 +1,7 @@
 """Errors that the CLI turns into one clear message instead of a traceback."""
 
+import re
+
 
 class LymphaugError(Exception):
     """A problem the user can fix: bad input, bad config, missing files."""
@@ -27,3 +29,19 @@ class DiskFullError(LymphaugError):
 
 class LockedError(LymphaugError):
     """Another process is already running the same work."""
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
+    """A library's error as one short line for our message (its type and first line).
+
+    torch's refusal to unpickle code (``weights_only=True``) is several paragraphs ending
+    in advice to load with ``weights_only=False``; it becomes what was refused instead.
+    """
+    text = str(err)
+    if "Weights only load failed" in text:
+        found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: was not an allowed|\.|$)", text)
+        what = f": {found.group(1)}" if found else ""
+        return f"{type(err).__name__}: not plain weights (refused, nothing run{what})"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first if len(first) <= limit else first[:limit] + "..."
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lymphaug.common.config import FinetuneConfig
-from lymphaug.common.errors import LymphaugError
+from lymphaug.common.errors import LymphaugError, one_line
 from lymphaug.common.files import atomic_path, remove
 
 STATE_KEYS = {"trainable", "optimizer", "lr_scheduler", "losses", "lrs"}
@@ -107,10 +107,7 @@ def read_state(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # missing, truncated, a pickle that would run code: all unusable
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise UnreadableCheckpoint(
-            f"{path}: unreadable checkpoint ({type(err).__name__}: {reason})"
-        ) from None
+        raise UnreadableCheckpoint(f"{path}: unreadable checkpoint ({one_line(err)})") from None
     if not isinstance(state, dict) or not state.keys() >= STATE_KEYS:
         raise UnreadableCheckpoint(f"{path}: not a lymphaug fine-tune checkpoint")
     return state

@@ -8,6 +8,10 @@ says which method made it and what it rests on.
 - ``lora``: only the adapter (``pytorch_lora_weights.safetensors``, a few MB for SD v1.5), loaded
   with ``load_lora_weights`` on top of the recorded base. A ``tiny`` base is rebuilt from its seed
   and checked against a recorded fingerprint, so nothing silently changes underneath the adapter.
+
+A local folder (a base model, or ``models/diffusion``) may hold pickle-based weights (``.bin``);
+each is opened with ``weights_only=True`` first (:func:`check_pickles`), so a file that would run
+code is refused by name whatever the installed diffusers or transformers do with it.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from pathlib import Path
 
 import torch
 
-from lymphaug.common.errors import DataError, LymphaugError
+from lymphaug.common.errors import DataError, LymphaugError, one_line
 from lymphaug.common.files import sha256_file
 from lymphaug.diffusion.tiny import TINY, build_tiny_pipeline
 
 INFO_FILE = "lymphaug_model.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -80,6 +85,18 @@ def _resolve(base_model: str, root: Path) -> Path:
     return path if path.is_absolute() else root / path
 
 
+def check_pickles(folder: Path, what: str) -> None:
+    """Open every pickle-based weights file under ``folder`` as tensors only, or refuse it.
+
+    On the meta device, so no weights are read: a few milliseconds even for Stable Diffusion.
+    """
+    for path in sorted(p for p in folder.rglob("*") if p.suffix in PICKLE_SUFFIXES):
+        try:
+            torch.load(path, map_location="meta", weights_only=True)
+        except Exception as err:
+            raise ModelError(f"{what}: {path}: refusing to load ({one_line(err)})") from None
+
+
 def load_base(base_model: str, seed: int, root: Path = Path(".")):
     """Load the base StableDiffusionPipeline (fp32, CPU) named by ``finetune.base_model``."""
     kind = base_kind(base_model, root)
@@ -96,6 +113,7 @@ def load_base(base_model: str, seed: int, root: Path = Path(".")):
                 f"finetune.base_model: {path} is not a diffusers folder (no model_index.json); "
                 "save one with pipeline.save_pretrained(...)"
             )
+        check_pickles(path, "finetune.base_model")
         source, hint = str(path), "is the folder complete?"
     else:
         source = base_model
@@ -178,6 +196,7 @@ def load_finetuned(model_dir: Path, root: Path = Path(".")):
         return pipe, info
     from diffusers import StableDiffusionPipeline
 
+    check_pickles(model_dir, "the fine-tuned model")
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             model_dir, safety_checker=None, requires_safety_checker=False
