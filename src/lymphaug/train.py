@@ -49,7 +49,7 @@ from lymphaug.common.files import (
 )
 from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.paths import Layout
-from lymphaug.common.tracking import TrackingError
+from lymphaug.common.tracking import TrackingError, check_reachable, tracking_uri
 
 REPORT_FILES = ("metrics.json", "history.csv", "predictions.csv")
 
@@ -272,6 +272,7 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
     set_determinism(params.train.num_threads)
     digests = data_digests(layout, condition, params)
     work = work_folder(params, layout, condition, seed, digests)
+    check_reachable(tracking_uri(params.mlflow, layout.root))  # a server that is down: no trace
     # taken before the MLflow run: a second run would delete the first one's run
     with exclusive(lock_path(work.parent), f"lymphaug train --condition {condition} --seed {seed}"):
         stale = clean_stale(layout, work, condition, seed)

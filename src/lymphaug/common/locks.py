@@ -32,7 +32,7 @@ def exclusive(path: str | Path, what: str) -> Iterator[Path]:
     ``what`` says what is locked ("lymphaug train base seed=0") in the refusal.
     """
     path = Path(path)
-    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(path, what)
     try:
         os.ftruncate(fd, 0)
@@ -41,21 +41,12 @@ def exclusive(path: str | Path, what: str) -> Iterator[Path]:
     finally:
         path.unlink(missing_ok=True)  # while still holding it, so no one locks a removed file
         os.close(fd)  # closing releases the flock
-        for folder in created:  # leave no empty folders behind for a run that did nothing
-            try:
-                folder.rmdir()
-            except OSError:
-                break
 
 
 def _acquire(path: Path, what: str) -> int:
     """An open descriptor of ``path`` holding its flock, or LockedError naming the holder."""
     while True:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # its folder was just removed by a finishing owner
-            continue
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
