@@ -35,12 +35,15 @@ def real_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_mlflow_env(monkeypatch):
-    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep it from leaking across tests.
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI (and tracking.setup the HTTP retry
+    bounds); keep them from leaking across tests.
 
     monkeypatch records the variables' state before the test and restores it after,
     whatever a test (or MLflow inside it) wrote to os.environ meanwhile.
     """
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME"):
+    from lymphaug.common.tracking import HTTP_BOUNDS  # tracking.setup sets these too
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", *HTTP_BOUNDS):
         monkeypatch.delenv(name, raising=False)
 
 
