@@ -171,7 +171,8 @@ def test_real_mlflow_server_over_http(tmp_path):
 def test_http_retries_are_bounded_unless_the_user_set_them(monkeypatch, tmp_path):
     """MLflow's defaults (7 retries, 120 s each) hung a run ~8 minutes on a dead server."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
-    tracking.setup(MlflowConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}"), tmp_path)
+    with pytest.raises(tracking.TrackingError):  # nothing listens there; setup bounds first
+        tracking.setup(MlflowConfig(tracking_uri=f"http://127.0.0.1:{_free_port()}"), tmp_path)
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"  # the user's value stays
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
