@@ -296,8 +296,8 @@ def test_googlenet_takes_torchvision_weights_with_auxiliary_heads(tmp_path):
 
 @pytest.mark.slow
 def test_every_torchvision_model_trains_one_step_or_is_refused(base_splits, layout):
-    """Every name in list_models at the configured size (params.yaml: 96 px, no weights):
-    decided on the meta device; one family member of each kind really trains one step."""
+    """Every name in list_models at the configured size (params.yaml: 96 px, no weights) is
+    decided on the meta device; one network of each kind really trains one step."""
     import torchvision
 
     from lymphaug.classifier.data import ImageSet
@@ -313,33 +313,30 @@ def test_every_torchvision_model_trains_one_step_or_is_refused(base_splits, layo
             refused[arch] = str(err)
     assert set(refused) == {"maxvit_t", "squeezenet1_0", "squeezenet1_1", "vit_h_14"}, refused
     one_batch = ImageSet(base_splits.train.images[:4], base_splits.train.labels[:4], [])
-    for arch in [
+    val = ImageSet(base_splits.val.images[:2], base_splits.val.labels[:2], [])
+    # one of each kind (the rest of a family shares its code): plain, residual, dense,
+    # inverted-residual with squeeze-excitation, shuffle, RegNet, ConvNeXt, the two with
+    # auxiliary heads, shifted-window and plain vision transformers
+    for arch in (
         "alexnet",
-        "convnext_tiny",
+        "vgg11_bn",
+        "resnet18",
         "densenet121",
         "efficientnet_b0",
-        "efficientnet_v2_s",
+        "mobilenet_v3_small",
+        "shufflenet_v2_x0_5",
+        "regnet_y_400mf",
+        "convnext_tiny",
         "googlenet",
         "inception_v3",
-        "mnasnet0_5",
-        "mobilenet_v2",
-        "mobilenet_v3_small",
-        "regnet_x_400mf",
-        "regnet_y_400mf",
-        "resnet18",
-        "resnext50_32x4d",
-        "shufflenet_v2_x0_5",
         "swin_t",
-        "swin_v2_t",
-        "vgg11_bn",
         "vit_b_32",
-        "wide_resnet50_2",
-    ]:
+    ):
         cfg = tiny_params(arch=arch, input_size=size, batch_size=4, epochs=1).train
         torch.manual_seed(0)
         model = build_classifier(arch, 3, "none", input_size=size)
         before = [p.detach().clone() for p in model.head.parameters()]
-        result = fit(model, one_batch, base_splits.val, cfg=cfg, seed=0, classes=CLASSES)
+        result = fit(model, one_batch, val, cfg=cfg, seed=0, classes=CLASSES)
         assert np.isfinite(result.history[0]["train_loss"]), arch
         assert not torch.equal(before[0], model.head.weight), f"{arch} did not step"
 
@@ -478,4 +475,4 @@ def test_two_real_trains_of_one_condition_and_seed(tmp_path):
     exp = client.get_experiment_by_name(params.mlflow.experiment)
     runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'train base seed=0'")
     assert [r.info.status for r in runs] == ["FINISHED"]
-    assert not (root / "work" / "train" / "base" / "seed_0").exists()
+    assert list((root / "work" / "train" / "base" / "seed_0").iterdir()) == []  # work removed
