@@ -429,7 +429,7 @@ def test_leftovers_of_killed_and_other_params_runs_are_found(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
     (work / CHECKPOINT).write_bytes(b"the current run's")
-    removed = clean_stale(lay, work, "base", 0)
+    removed = clean_stale(lay, work, condition="base", seed=0)
     assert sorted(removed) == sorted([*leftovers[:3], other])
     assert [p.name for p in work.iterdir()] == [CHECKPOINT]
 

@@ -256,7 +256,7 @@ def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
-def clean_stale(layout: Layout, work: Path, condition: str, seed: int) -> list[Path]:
+def clean_stale(layout: Layout, work: Path, *, condition: str, seed: int) -> list[Path]:
     """What killed or other-params runs of this condition and seed left (hold the lock)."""
     report = layout.train_report(condition, seed)
     stale = [
@@ -275,7 +275,7 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
     check_reachable(tracking_uri(params.mlflow, layout.root))  # a server that is down: no trace
     # taken before the MLflow run: a second run would delete the first one's run
     with exclusive(lock_path(work.parent), f"lymphaug train --condition {condition} --seed {seed}"):
-        stale = clean_stale(layout, work, condition, seed)
+        stale = clean_stale(layout, work, condition=condition, seed=seed)
         if stale:
             print(f"train: removed {len(stale)} leftover(s) of earlier runs", file=sys.stderr)
         return _train_and_log(

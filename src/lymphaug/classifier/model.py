@@ -103,10 +103,12 @@ def _torchvision_model(arch: str, *, input_size: int, weights: str) -> nn.Module
     try:
         return torchvision.models.get_model(arch, weights=None, **kwargs)
     except (AssertionError, ValueError) as err:  # e.g. a ViT size not divisible by its patch
-        raise WeightsError(_cannot_train(arch, input_size, weights, err)) from None
+        raise WeightsError(
+            _cannot_train(arch, err, input_size=input_size, weights=weights)
+        ) from None
 
 
-def _cannot_train(arch: str, input_size: int, weights: str, err: BaseException) -> str:
+def _cannot_train(arch: str, err: BaseException, *, input_size: int, weights: str) -> str:
     """Why ``arch`` cannot train here, with torchvision's own minimum size as a hint."""
     import torchvision
 
@@ -158,7 +160,9 @@ def check_architecture(arch: str, *, input_size: int, weights: str) -> None:
             raise ValueError(f"the network returns {type(logits).__name__}, not logits")
         logits.sum().backward()
     except Exception as err:  # shape errors come as RuntimeError, ValueError, AssertionError
-        raise WeightsError(_cannot_train(arch, input_size, weights, err)) from None
+        raise WeightsError(
+            _cannot_train(arch, err, input_size=input_size, weights=weights)
+        ) from None
 
 
 def imagenet_weights(arch: str):

@@ -227,9 +227,9 @@ def unpack(archive: Path, dest: Path, label: str, *, limits: Limits) -> None:
     """Unpack a zip or tar (any compression) into ``dest`` after checking every member."""
     try:
         if zipfile.is_zipfile(archive):
-            _unzip(archive, dest, label, limits)
+            _unzip(archive, dest, label, limits=limits)
         elif tarfile.is_tarfile(archive):
-            _untar(archive, dest, label, limits)
+            _untar(archive, dest, label, limits=limits)
         else:
             raise DataError(f"{label}: not a .tar.gz, .tgz, .tar or .zip archive")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
@@ -244,7 +244,7 @@ def _refuse(label: str, bad: list[str]) -> None:
         raise DataError(f"{label}: refusing to unpack unsafe member(s): {shown}")
 
 
-def _too_big(label: str, name: str, total: int, limits: Limits) -> DataError:
+def _too_big(label: str, name: str, *, total: int, limits: Limits) -> DataError:
     return DataError(
         f"{label}: refusing to unpack: it would write more than {human_bytes(limits.max_bytes)} "
         f"(ingest.archive.max_unpacked_bytes = {limits.max_bytes}), {human_bytes(total)} by "
@@ -252,7 +252,7 @@ def _too_big(label: str, name: str, total: int, limits: Limits) -> DataError:
     )
 
 
-def _too_compressed(label: str, what: str, size: int, packed: int, limits: Limits) -> DataError:
+def _too_compressed(label: str, what: str, *, size: int, packed: int, limits: Limits) -> DataError:
     return DataError(
         f"{label}: refusing to unpack: {what} unpacks {human_bytes(size)} from "
         f"{human_bytes(packed)} ({size / max(packed, 1):.0f}:1, more than "
@@ -266,10 +266,12 @@ def _check_sizes(label: str, members: list[tuple[str, int, int | None]], limits:
     total = 0
     for name, size, packed in members:
         if packed is not None and size > RATIO_MIN_BYTES and size > limits.max_ratio * packed:
-            raise _too_compressed(label, f"member {name!r}", size, packed, limits)
+            raise _too_compressed(
+                label, f"member {name!r}", size=size, packed=packed, limits=limits
+            )
         total += size
         if total > limits.max_bytes:
-            raise _too_big(label, name, total, limits)
+            raise _too_big(label, name, total=total, limits=limits)
 
 
 class _Budget:
@@ -292,11 +294,11 @@ class _Budget:
                         f"than the {declared} bytes its header says (a forged archive?)"
                     )
                 if self.written > self.limits.max_bytes:
-                    raise _too_big(self.label, name, self.written, self.limits)
+                    raise _too_big(self.label, name, total=self.written, limits=self.limits)
                 dst.write(block)
 
 
-def _untar(archive: Path, dest: Path, label: str, limits: Limits) -> None:
+def _untar(archive: Path, dest: Path, label: str, *, limits: Limits) -> None:
     with tarfile.open(archive) as tar:
         members = tar.getmembers()
         bad = []
@@ -316,7 +318,7 @@ def _untar(archive: Path, dest: Path, label: str, limits: Limits) -> None:
         _check_sizes(label, [(m.name, m.size, None) for m in files], limits)
         total, packed = sum(m.size for m in files), archive.stat().st_size
         if total > RATIO_MIN_BYTES and total > limits.max_ratio * packed:
-            raise _too_compressed(label, "the archive", total, packed, limits)
+            raise _too_compressed(label, "the archive", size=total, packed=packed, limits=limits)
         budget = _Budget(label, limits)
         for m in members:
             if m.isfile():
@@ -330,7 +332,7 @@ def _untar(archive: Path, dest: Path, label: str, limits: Limits) -> None:
                 tar.extract(m, dest, filter="data")
 
 
-def _unzip(archive: Path, dest: Path, label: str, limits: Limits) -> None:
+def _unzip(archive: Path, dest: Path, label: str, *, limits: Limits) -> None:
     with zipfile.ZipFile(archive) as zf:
         bad = []
         for info in zf.infolist():
