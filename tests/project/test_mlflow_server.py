@@ -14,22 +14,14 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from fixtures.mlflow_server import free_port
+from fixtures.mlflow_server import mlflow_server as running_mlflow_server
 
 from lymphaug.common import tracking
 from lymphaug.common.config import MlflowConfig
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 # --- unreachable server (default suite) ------------------------------------------------------
 
@@ -58,65 +50,11 @@ def test_environment_uri_wins_and_is_checked(tmp_path, monkeypatch):
 # --- live server (slow) -------------------------------------------------------------------------
 
 
-@contextmanager
-def serve(root: Path, port: int) -> Iterator[tuple[str, Path, int]]:
-    """`mlflow server` on 127.0.0.1:``port`` with its store in ``root``; yields (uri, artifact
-    directory, process group id). Stopping it and starting it again keeps the store."""
-    artifacts = root / "artifacts"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(artifacts),
-    ]
-    log = (root / "server.log").open("a")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    # own process group: the server runs its workers as children, stopped together below
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not up in 180 s: {(root / 'server.log').read_text()}")
-            time.sleep(0.5)
-        yield uri, artifacts, proc.pid
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """`mlflow server` on 127.0.0.1:<free port>; yields (uri, artifact directory, pid)."""
-    with serve(tmp_path_factory.mktemp("mlflow-server"), free_port()) as server:
-        yield server
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server.uri, server.artifacts, server.pid
 
 
 def non_loopback_ipv4() -> str | None:
@@ -206,7 +144,6 @@ def test_server_killed_mid_training_is_one_message_and_a_rerun_resumes(tmp_path)
     from mlflow.tracking import MlflowClient
 
     store, repo, port = tmp_path / "store", tmp_path / "repo", free_port()
-    store.mkdir()
     make_dataset(repo, dct=False, synthetic=False)
     uri = f"http://127.0.0.1:{port}"
     params = tiny_params(repo, arch="mobilenet_v3_small", epochs=6, freeze_backbone=True)
@@ -216,7 +153,7 @@ def test_server_killed_mid_training_is_one_message_and_a_rerun_resumes(tmp_path)
     train = [sys.executable, "-m", "lymphaug.cli", "train", "--condition", "base", "--seed", "0"]
     env = {**env_with_src(), "LYMPHAUG_PIPELINE_ID": "killed-server"}
     env = {k: v for k, v in env.items() if not k.startswith("MLFLOW_")}  # the project's bounds
-    with serve(store, port) as (_, _, server_pid):
+    with running_mlflow_server(store, port=port) as server:
         proc = subprocess.Popen(
             train, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -225,7 +162,7 @@ def test_server_killed_mid_training_is_one_message_and_a_rerun_resumes(tmp_path)
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no checkpoint in 300 s"
             time.sleep(0.1)
-        os.killpg(server_pid, signal.SIGKILL)  # the server dies; its store stays
+        os.killpg(server.pid, signal.SIGKILL)  # the server dies; its store stays
         killed = time.monotonic()
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err
@@ -239,7 +176,8 @@ def test_server_killed_mid_training_is_one_message_and_a_rerun_resumes(tmp_path)
     )
     assert f"the checkpoint {ckpt.relative_to(repo)} is kept: rerun the same command" in lines[0]
     done = torch_epoch(ckpt)
-    with serve(store, port):  # the server is back: a rerun resumes from the checkpoint
+    # the server is back (same store, same port): a rerun resumes from the checkpoint
+    with running_mlflow_server(store, port=port):
         out = subprocess.run(train, cwd=repo, env=env, capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
         client = MlflowClient(uri)
