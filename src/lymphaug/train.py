@@ -24,13 +24,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from lymphaug.classifier.checks import check_input_pipeline
 from lymphaug.classifier.data import Splits, load_splits
 from lymphaug.classifier.evaluate import confusion_png, curves_png, evaluate
 from lymphaug.classifier.loop import FitResult, fit, restore_best, set_determinism
-from lymphaug.classifier.model import Classifier, build_classifier
+from lymphaug.classifier.model import PROJECT_CNN, Classifier, build_classifier
+from lymphaug.classifier.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lymphaug.common.config import Params
 from lymphaug.common.errors import LymphaugError
 from lymphaug.common.files import atomic_path, remove, sha256_file, write_text_atomic
+from lymphaug.common.manifest import RAW_COLUMNS, read_table
 from lymphaug.common.paths import Layout
 
 
@@ -70,7 +73,9 @@ def train_condition(
     cfg = params.train
     classes = list(params.classes)
     torch.manual_seed(seed)  # the new head's initial weights
-    model = build_classifier(cfg.arch, len(classes), cfg.weights, root)
+    model = build_classifier(
+        cfg.arch, len(classes), cfg.weights, root, width=cfg.width, small_stem=cfg.small_stem
+    )
     model.to(select_device(cfg.device))
     result = fit(
         model,
@@ -93,9 +98,8 @@ def train_condition(
             model,
             splits.test,
             classes=classes,
-            input_size=cfg.input_size,
+            cfg=cfg,
             root=root,
-            precision=cfg.precision,
         )
         metrics = {
             "best_epoch": result.best_epoch,
@@ -153,9 +157,14 @@ def write_outputs(
         info = {
             "arch": cfg.arch,
             "classes": list(params.classes),
+            "width": cfg.width if cfg.arch == PROJECT_CNN else None,
+            "small_stem": cfg.small_stem,
+            "scale": cfg.scale,
+            "patch_size": cfg.patch_size,
+            "eval": cfg.eval,
             "input_size": cfg.input_size,
             "eval_resize": round(cfg.input_size * 256 / 227),
-            "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             "best_epoch": outcome.fit.best_epoch,
             "condition": condition,
             "seed": seed,
@@ -193,6 +202,9 @@ def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
             return _run_writer(params, layout, args)
         # other ranks compute their share and write nothing
         set_determinism(params.train.num_threads)
+        check_input_pipeline(
+            params.train, read_table(layout.raw_manifest, RAW_COLUMNS), len(params.classes)
+        )
         splits = load_splits(args.condition, params, layout)
         digests = data_digests(layout, args.condition, params)
         train_condition(
@@ -222,6 +234,8 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
         raise LymphaugError(
             "train.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'"
         )
+    # a patch or scale the network cannot take fails here, before MLflow or any decoding
+    check_input_pipeline(cfg, read_table(layout.raw_manifest, RAW_COLUMNS), len(params.classes))
     child = ChildRun(params, layout, condition, seed)  # fails fast if the server is down
     try:
         splits = load_splits(condition, params, layout)
