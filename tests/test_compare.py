@@ -25,6 +25,7 @@ from lymphaug.common.errors import DataError
 from lymphaug.common.images import save_png
 from lymphaug.common.paths import Layout
 from lymphaug.comparison import results
+from lymphaug.comparison.analysis import analyse
 
 CLASSES = ["CLL", "FL", "MCL"]
 COLOURS = {"CLL": (200, 80, 160), "FL": (120, 60, 200), "MCL": (220, 150, 180)}
@@ -194,7 +195,7 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch):
 def test_mcnemar_counts_pair_by_seed_and_image(repo):
     params = _params(repo.root, [0, 1, 2])
     runs = results.read_all(repo, ["base", "dct", "synthetic"], [0, 1, 2], CLASSES)
-    a = compare.analyse(runs, CLASSES, params.compare)
+    a = analyse(runs, CLASSES, params.compare)
     # dct vs base: c = seed0 image 2, seed1 image 4, seed2 images 2 and 3; b = none
     base = np.array(CORRECT["base"], bool).ravel()
     dct = np.array(CORRECT["dct"], bool).ravel()

@@ -16,187 +16,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from lymphaug.common.config import CONDITIONS, CompareConfig, Params
+from lymphaug.common.config import CONDITIONS, Params
 from lymphaug.common.errors import LymphaugError
 from lymphaug.common.files import atomic_path, write_text_atomic
 from lymphaug.common.paths import Layout
-from lymphaug.comparison import figures, results, stats
+from lymphaug.comparison import figures, results
+from lymphaug.comparison.analysis import Analysis, analyse, flat_metrics, metrics_dict
 from lymphaug.comparison.results import RunResult
 
 if TYPE_CHECKING:  # annotations only: synthetic_quality is imported lazily (torch)
     from lymphaug.comparison.synthetic_quality import QualityReport
 
-METRICS = ("accuracy", "macro_f1")
 PLOTS_DIR = "compare"  # reports/compare/
 QUALITY_PLOTS = ("nearest_pairs.png",)
-
-
-@dataclass(kw_only=True)
-class Analysis:
-    """Every statistic the report, the plots and metrics.json show, computed once."""
-
-    conditions: list[str]
-    seeds: list[int]
-    n_test: int
-    classes: list[str]
-    summaries: dict[str, dict[str, stats.Summary]]  # condition -> metric -> summary
-    per_seed: dict[str, dict[str, list[float]]]  # condition -> metric -> values
-    comparisons: dict[str, dict[str, stats.Comparison]]  # condition -> metric -> vs base
-    mcnemar: dict[str, stats.McNemar]
-    verdicts: dict[str, str]  # condition -> accuracy verdict line
-    f1_verdicts: dict[str, str]
-    confusion: dict[str, np.ndarray]  # summed over seeds
-    alpha: float
-
-
-def analyse(runs: dict[str, list[RunResult]], classes: list[str], cfg: CompareConfig) -> Analysis:
-    """All statistics of the report from already paired-checked runs (pure)."""
-    n_classes = len(classes)
-    conditions = list(runs)
-    seeds = [run.seed for run in runs[conditions[0]]]
-    per_seed = {
-        condition: {
-            "accuracy": [run.accuracy for run in cond_runs],
-            "macro_f1": [run.macro_f1(n_classes) for run in cond_runs],
-        }
-        for condition, cond_runs in runs.items()
-    }
-    summaries = {
-        condition: {
-            metric: stats.summarise(
-                np.array(values), resamples=cfg.bootstrap_resamples, alpha=cfg.alpha, seed=cfg.seed
-            )
-            for metric, values in per_seed[condition].items()
-        }
-        for condition in conditions
-    }
-    comparisons: dict[str, dict[str, stats.Comparison]] = {}
-    mcnemar: dict[str, stats.McNemar] = {}
-    verdicts, f1_verdicts = {}, {}
-    n_test = len(runs[conditions[0]][0].paths)
-    if "base" in runs:
-        base_runs = runs["base"]
-        for condition in conditions:
-            if condition == "base":
-                continue
-            comparisons[condition] = {
-                metric: stats.compare_paired(
-                    condition,
-                    metric,
-                    base=np.array(per_seed["base"][metric]),
-                    other=np.array(per_seed[condition][metric]),
-                    resamples=cfg.bootstrap_resamples,
-                    alpha=cfg.alpha,
-                    seed=cfg.seed,
-                )
-                for metric in METRICS
-            }
-            # pooled per-image pairs, paired by (seed, image): runs are in seed order
-            mcnemar[condition] = stats.mcnemar(
-                np.concatenate([run.correct for run in base_runs]),
-                np.concatenate([run.correct for run in runs[condition]]),
-            )
-            verdicts[condition] = stats.verdict(
-                comparisons[condition]["accuracy"],
-                mcnemar[condition],
-                alpha=cfg.alpha,
-                n_test_images=n_test,
-            )
-            f1_verdicts[condition] = stats.verdict(
-                comparisons[condition]["macro_f1"], None, alpha=cfg.alpha, n_test_images=n_test
-            )
-    confusion = {
-        condition: sum(run.confusion(n_classes) for run in cond_runs)
-        for condition, cond_runs in runs.items()
-    }
-    return Analysis(
-        conditions=conditions,
-        seeds=seeds,
-        n_test=n_test,
-        classes=classes,
-        summaries=summaries,
-        per_seed=per_seed,
-        comparisons=comparisons,
-        mcnemar=mcnemar,
-        verdicts=verdicts,
-        f1_verdicts=f1_verdicts,
-        confusion=confusion,
-        alpha=cfg.alpha,
-    )
-
-
-def _num(x) -> float | None:
-    """JSON-safe number: NaN/inf become null (JSON has no NaN)."""
-    if x is None:
-        return None
-    x = float(x)
-    return round(x, 6) if math.isfinite(x) else None
-
-
-def metrics_dict(analysis: Analysis, quality: QualityReport | None) -> dict:
-    """reports/metrics.json: flat enough for `dvc metrics show`, no NaN."""
-    out: dict = {
-        "n_seeds": len(analysis.seeds),
-        "n_test_images": analysis.n_test,
-        "conditions": {},
-    }
-    for condition in analysis.conditions:
-        entry = {}
-        for metric, summary in analysis.summaries[condition].items():
-            entry[f"{metric}_mean"] = _num(summary.mean)
-            entry[f"{metric}_std"] = _num(summary.std)
-            entry[f"{metric}_ci_low"] = _num(summary.ci_low)
-            entry[f"{metric}_ci_high"] = _num(summary.ci_high)
-        out["conditions"][condition] = entry
-    out["vs_base"] = {}
-    for condition, comps in analysis.comparisons.items():
-        acc, f1, mcn = comps["accuracy"], comps["macro_f1"], analysis.mcnemar[condition]
-        out["vs_base"][condition] = {
-            "accuracy_diff": _num(acc.diff.mean),
-            "accuracy_diff_ci_low": _num(acc.diff.ci_low),
-            "accuracy_diff_ci_high": _num(acc.diff.ci_high),
-            "macro_f1_diff": _num(f1.diff.mean),
-            "p_paired_t": _num(acc.t.p),
-            "p_wilcoxon": _num(acc.wilcoxon.p),
-            "p_mcnemar": _num(mcn.p),
-            "cohens_dz": _num(acc.dz),
-            "mcnemar_odds_ratio": _num(mcn.odds_ratio),
-            "significant": bool(acc.t.p is not None and acc.t.p < analysis.alpha),
-        }
-    if quality is not None:
-        per_class = [row for row in quality.per_class if row.name != "all"]
-        overall = next(row for row in quality.per_class if row.name == "all")
-        out["synthetic_quality"] = {
-            "extractor": quality.extractor,
-            "fid": _num(overall.fid),
-            "kid": _num(overall.kid),
-            **{f"fid_{row.name}": _num(row.fid) for row in per_class},
-            **{f"kid_{row.name}": _num(row.kid) for row in per_class},
-            "tstr_accuracy": _num(quality.tstr_accuracy),
-            "trtr_accuracy": _num(quality.trtr_accuracy),
-            "near_copies": len(quality.near_copies),
-        }
-    return out
-
-
-def flat_metrics(d: dict, prefix: str = "compare") -> dict[str, float]:
-    """metrics.json flattened to MLflow metric keys (numbers only)."""
-    out = {}
-    for name, value in d.items():
-        key = f"{prefix}.{name}"
-        if isinstance(value, dict):
-            out.update(flat_metrics(value, key))
-        elif isinstance(value, int | float):  # bool included: significant -> 0/1
-            out[key] = float(value)
-    return out
 
 
 def val_curve_table(runs: dict[str, list[RunResult]]) -> pd.DataFrame:

@@ -10,6 +10,7 @@ interrupted run (or one whose outputs DVC deleted) resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -104,17 +105,18 @@ def finetune(
         base_fingerprint=base_fingerprint,
         steps=cfg.max_steps,
     )
+    run_training = functools.partial(
+        training.train_unet,
+        pipe,
+        cfg,
+        data,
+        work_dir=work_dir,
+        accelerator=accelerator,
+        resume=resume,
+        resume_from=resume_from,
+    )
     if not (track and is_main):
-        result = training.train_unet(
-            pipe,
-            cfg,
-            data,
-            work_dir=work_dir,
-            accelerator=accelerator,
-            resume=resume,
-            resume_from=resume_from,
-            on_step=on_step,
-        )
+        result = run_training(on_step=on_step)
         return result, _save(pipe, layout, info=info, result=result, is_main=is_main)
 
     import mlflow
@@ -135,17 +137,7 @@ def finetune(
             mlflow.log_image(image, key="validation_samples", step=step)
 
         try:
-            result = training.train_unet(
-                pipe,
-                cfg,
-                data,
-                work_dir=work_dir,
-                accelerator=accelerator,
-                resume=resume,
-                resume_from=resume_from,
-                on_step=log_step,
-                on_validation=log_grid,
-            )
+            result = run_training(on_step=log_step, on_validation=log_grid)
         finally:
             buffer.flush()
         saved = _save(pipe, layout, info=info, result=result, is_main=is_main)

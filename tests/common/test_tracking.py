@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 import yaml
 from fixtures.classifier_data import make_dataset, tiny_params
+from fixtures.mlflow_server import free_port
+from fixtures.mlflow_server import mlflow_server as running_mlflow_server
 from mlflow.tracking import MlflowClient
 
 from lymphaug.cli import main
@@ -34,12 +31,6 @@ def _write_params(root, uri: str | None = None, **train):
 def _train(root, condition: str, seed: int) -> int:
     argv = ["--params", str(root / "params.yaml"), "--root", str(root), "train"]
     return main([*argv, "--condition", condition, "--seed", str(seed)])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +84,7 @@ def test_sqlite_store_parent_children_curves_artifacts(tmp_path):
 
 def test_unreachable_server_fails_before_training(tmp_path, capsys):
     make_dataset(tmp_path, dct=False, synthetic=False)
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     _write_params(tmp_path, uri)
     t0 = time.monotonic()
     assert _train(tmp_path, "base", 0) == 2
@@ -114,46 +105,11 @@ def test_env_uri_wins(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_real_mlflow_server_over_http(tmp_path):
-    port = _free_port()
-    store = tmp_path / "store"
-    store.mkdir()
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        f"sqlite:///{store / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(store / "artifacts"),
-        "--workers",
-        "1",
-    ]
-    server = subprocess.Popen(
-        cmd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "MLFLOW_SERVER_ALLOWED_HOSTS": "*"},
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(uri + "/health", timeout=2)
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    pytest.fail("mlflow server did not start")
-                time.sleep(0.5)
+    with running_mlflow_server(tmp_path / "store") as server:
         make_dataset(tmp_path, dct=False, synthetic=False)
-        _write_params(tmp_path, uri)
+        _write_params(tmp_path, server.uri)
         assert _train(tmp_path, "base", 1) == 0
-        client = MlflowClient(uri)
+        client = MlflowClient(server.uri)
         exp = client.get_experiment_by_name("t")
         run = _children(client, exp.experiment_id)["train base seed=1"]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
@@ -162,7 +118,4 @@ def test_real_mlflow_server_over_http(tmp_path):
         local = client.download_artifacts(run.info.run_id, "history.csv", str(tmp_path))
         with open(local) as f:
             assert f.readline().startswith("epoch,train_loss")
-        assert any((store / "artifacts").rglob("confusion_matrix.png"))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        assert any(server.artifacts.rglob("confusion_matrix.png"))

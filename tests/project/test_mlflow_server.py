@@ -8,26 +8,16 @@ in the default suite.
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from fixtures.mlflow_server import free_port
+from fixtures.mlflow_server import mlflow_server as running_mlflow_server
 
 from lymphaug.common import tracking
 from lymphaug.common.config import MlflowConfig
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 # --- unreachable server (default suite) ------------------------------------------------------
 
@@ -58,56 +48,9 @@ def test_environment_uri_wins_and_is_checked(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """`mlflow server` on 127.0.0.1:<free port>; yields (uri, artifact directory)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    artifacts = root / "artifacts"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(artifacts),
-    ]
-    log = (root / "server.log").open("w")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    # own process group: the server runs its workers as children, stopped together below
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not up in 180 s: {(root / 'server.log').read_text()}")
-            time.sleep(0.5)
-        yield uri, artifacts, proc.pid
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    """`mlflow server` on 127.0.0.1:<free port>; yields (uri, artifact directory, pid)."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server.uri, server.artifacts, server.pid
 
 
 def non_loopback_ipv4() -> str | None:

@@ -17,7 +17,7 @@ from lymphaug.comparison import stats
 from lymphaug.comparison.stats import format_p
 
 if TYPE_CHECKING:  # for annotations only; never imported at run time
-    from lymphaug.compare import Analysis
+    from lymphaug.comparison.analysis import Analysis
     from lymphaug.comparison.synthetic_quality import QualityReport
 
 
