@@ -93,8 +93,11 @@ def test_eval_views_and_probabilities(splits):
     assert views[0].shape == (2 * 2, 3, 16, 16)  # 24 x 32 image: rows 0, 8; columns 0, 16
     whole = eval_views(splits.test.images, TrainConfig(**RECIPE))
     assert whole[0].shape == (1, 3, 24, 32)
+    symmetric = eval_views(splits.test.images, TrainConfig(**RECIPE), symmetric=True)
+    assert [tuple(v.shape) for v in symmetric[0]] == [(3, 24, 32), (3, 32, 24)] * 4
     torch.manual_seed(0)
     model = build_classifier("lymphaug_cnn", 3, "none", width=8)
+    assert predict_proba(model, symmetric, batch=7).sum(axis=1) == pytest.approx(1.0)
     probs = predict_proba(model, views, batch=5)
     assert probs.shape == (len(views), 3)
     assert probs.sum(axis=1) == pytest.approx(1.0)

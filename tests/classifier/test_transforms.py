@@ -17,6 +17,7 @@ from lymphaug.classifier.transforms import (
     random_patches,
     rescale,
     rgb_to_hed,
+    symmetries,
 )
 from lymphaug.common.errors import DataError
 
@@ -53,6 +54,18 @@ def test_dihedral_moves_pixels_as_the_eight_symmetries():
     flat = {tuple(o[0].flatten().tolist()) for o in out}
     assert len(flat) == 8
     assert all(sorted(o.flatten().tolist()) == sorted(x[0].flatten().tolist()) for o in out)
+
+
+def test_symmetries_match_dihedral():
+    image = torch.arange(3 * 4 * 6, dtype=torch.uint8).reshape(3, 4, 6)
+    square = image[:, :, :4]
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            symmetries(square), dihedral(square.repeat(8, 1, 1, 1), torch.arange(8)), strict=True
+        )
+    )
+    assert [tuple(s.shape) for s in symmetries(image)] == [(3, 4, 6), (3, 6, 4)] * 4
 
 
 def test_hed_round_trip_and_stain_channels():

@@ -7,7 +7,7 @@ per-class probabilities, not only the argmax.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,30 +16,38 @@ import torch
 
 from lymphaug.classifier.data import ImageSet
 from lymphaug.classifier.model import Classifier, autocast, device_of
-from lymphaug.classifier.transforms import eval_tensor, grid_patches, normalize
+from lymphaug.classifier.transforms import eval_tensor, grid_patches, normalize, symmetries
 from lymphaug.common.config import TrainConfig
 from lymphaug.common.metrics import confusion_matrix, macro_f1, per_class_scores
 
 PREDICTION_COLUMNS = ["path", "class", "label", "predicted", "predicted_class"]  # + prob_<class>
 
 
-def eval_views(images: list[torch.Tensor], cfg: TrainConfig) -> list[torch.Tensor]:
-    """Per image, the uint8 views ``(K, 3, h, w)`` whose predictions are averaged.
+def eval_views(
+    images: list[torch.Tensor], cfg: TrainConfig, *, symmetric: bool = False
+) -> list[Sequence[torch.Tensor]]:
+    """Per image, the uint8 views (``3 x h x w`` each) whose predictions are averaged.
 
     ``crop``: the study's resize + centre crop (one view); ``whole``: the whole rescaled
     image (one view; the model must pool globally); ``grid``: every patch of a grid
     covering the image, so no tissue is thrown away and the patch size matches training.
-    Computed once per evaluation set, not per epoch.
+    ``symmetric``: every view also counts in its 8 rotations/flips (the symmetries
+    training drew from; ``train.eval_symmetries`` asks it for the test split only, since
+    it costs 8 forward passes per view). Computed once per evaluation set, not per epoch.
     """
     if cfg.eval == "crop":
-        return list(eval_tensor(images, cfg.input_size).unsqueeze(1))
-    if cfg.eval == "whole":
-        return [image.unsqueeze(0) for image in images]
-    return [grid_patches(image, cfg.patch_size) for image in images]
+        views = list(eval_tensor(images, cfg.input_size).unsqueeze(1))
+    elif cfg.eval == "whole":
+        views = [image.unsqueeze(0) for image in images]
+    else:
+        views = [grid_patches(image, cfg.patch_size) for image in images]
+    if symmetric:  # a turned whole image changes shape: a list, not one tensor
+        return [[s for view in image_views for s in symmetries(view)] for image_views in views]
+    return views
 
 
 def mean_over_views(
-    fn: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor], *, batch: int
+    fn: Callable[[torch.Tensor], torch.Tensor], views: list[Sequence[torch.Tensor]], *, batch: int
 ) -> torch.Tensor:
     """Per image (float64, N x D), the mean over its views of ``fn(normalised batch)``.
 
@@ -68,7 +76,11 @@ def mean_over_views(
 
 
 def predict_proba(
-    model: Classifier, views: list[torch.Tensor], *, batch: int = 64, precision: str = "fp32"
+    model: Classifier,
+    views: list[Sequence[torch.Tensor]],
+    *,
+    batch: int = 64,
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Class probabilities per image (float64, N x C): the mean softmax over its views."""
     model.eval()
@@ -112,7 +124,10 @@ def evaluate(
 ) -> tuple[dict, pd.DataFrame]:
     """(metrics dict, predictions DataFrame) of ``model`` on the test set."""
     probs = predict_proba(
-        model, eval_views(test.images, cfg), batch=cfg.batch_size, precision=cfg.precision
+        model,
+        eval_views(test.images, cfg, symmetric=cfg.eval_symmetries),
+        batch=cfg.batch_size,
+        precision=cfg.precision,
     )
     y_true = test.labels.numpy()
     y_pred = probs.argmax(1)

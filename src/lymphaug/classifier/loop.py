@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,7 +157,7 @@ def restore_best(model: Classifier, result: FitResult, frozen: bool) -> None:
 
 def _evaluate(
     model: Classifier,
-    views: list[torch.Tensor],
+    views: list[Sequence[torch.Tensor]],
     labels: torch.Tensor,
     *,
     batch: int,

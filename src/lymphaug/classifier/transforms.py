@@ -137,6 +137,12 @@ def dihedral(batch: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def symmetries(image: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 rotations/flips of one CHW image, in :func:`dihedral`'s order (0..7)."""
+    turns = [torch.rot90(image, k, dims=(-2, -1)) for k in range(4)]
+    return turns + [turn.flip(-1) for turn in turns]
+
+
 def rgb_to_hed(rgb: torch.Tensor, *, clip: bool = True) -> torch.Tensor:
     """Float RGB in [0, 1] (NCHW) -> haematoxylin, eosin, DAB densities (skimage's rgb2hed).
 

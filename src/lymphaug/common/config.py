@@ -190,6 +190,9 @@ class TrainConfig(Section):
         "crop", description="crop: resize + centre crop (study); whole image; grid of patches"
     )
     dihedral: bool = Field(False, description="random 90-degree rotations and flips")
+    eval_symmetries: bool = Field(
+        False, description="test predictions: mean over the 8 rotations/flips of each view"
+    )
     hed_jitter: float = Field(0.0, ge=0, lt=1, description="stain jitter sigma (HED space)")
     brightness: float = Field(0.0, ge=0, lt=1, description="factor U(1-x, 1+x)")
     contrast: float = Field(0.0, ge=0, lt=1, description="factor U(1-x, 1+x)")
