@@ -1,18 +1,25 @@
-"""Training throughput: lymphaug's tensor pipeline vs the reference study's per-item PIL loader.
+"""Training throughput: lymphaug's tensor pipelines vs per-item PIL loaders, and the limit.
 
-Same model (AlexNet, 227 px, batch 30, Adam), same images (../shared/data/lymphoma),
-same process, so the ratio survives a busy machine:
+Same process, same images (../shared/data/lymphoma), so the ratios survive a busy machine.
 
-- reference: ``ImageFolder``-style Dataset decoding each PNG with PIL on every access,
-  ``transforms.Compose([RandomResizedCrop, RandomHorizontalFlip, ToTensor, Normalize])``
-  per item, ``DataLoader(batch_size=30, shuffle=True, num_workers=W)``, the whole model
-  in train mode with ``requires_grad=False`` on the frozen part (the study's recipe);
-- lymphaug: images decoded once to uint8 tensors, batched tensor augmentation,
-  channels-last, frozen body under ``no_grad``, fused Adam (``lymphaug.classifier``).
+1. The study's recipe (AlexNet, 227 px, batch 30, Adam), frozen and full:
+   - reference: an ``ImageFolder``-style Dataset decoding each PNG with PIL on every access,
+     ``Compose([RandomResizedCrop, RandomHorizontalFlip, ToTensor, Normalize])`` per item,
+     ``DataLoader(batch_size=30, shuffle=True, num_workers=W)`` (the study's loader);
+   - lymphaug: images decoded once to uint8 tensors, batched tensor augmentation,
+     channels-last, frozen body under ``no_grad``, fused Adam.
+2. The histology recipe (``lymphaug_cnn``, 64 px patches of the half-resolution images,
+   dihedral + stain + colour jitter, AdamW with warm-up and cosine decay, batch 32):
+   - reference: per item, PIL decode, half-size resize, random 64 px crop, random
+     rotation/flip, ``ColorJitter``, ``ToTensor``, ``Normalize`` in a DataLoader (no stain
+     jitter: torchvision has none, so the reference does less work than lymphaug);
+   - lymphaug: one epoch of the real training loop (``classifier.loop._train_epoch``);
+   - the limit: the model alone, forward + backward + AdamW step on one batch of
+     normalised patches already in memory, no augmentation at all.
 
-    python benchmarks/bench_train.py [--data ../shared/data/lymphoma] [--images 120] [--steps 4]
+    python benchmarks/bench_train.py [--data ../shared/data/lymphoma] [--images 120] [--steps 8]
 
-Prints images/s, seconds and peak RSS per pipeline and mode (frozen, full fine-tune).
+Prints images/s, seconds and peak RSS per pipeline, and the ratios.
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ import torchvision
 from PIL import Image
 from torchvision import transforms as T
 
-from lymphaug.classifier.data import ImageSet, decode, normalize, random_crops
-from lymphaug.classifier.loop import _adam, autocast
-from lymphaug.classifier.model import build_classifier
+from lymphaug.classifier.data import ImageSet, decode
+from lymphaug.classifier.loop import make_optimizer
+from lymphaug.classifier.model import autocast, build_classifier
+from lymphaug.classifier.transforms import normalize, random_crops
 from lymphaug.common.config import TrainConfig
 
 CLASSES = ["CLL", "FL", "MCL"]
@@ -101,7 +109,7 @@ def ours(items, frozen: bool, steps: int, precision: str = "fp32") -> tuple[int,
     model = build_classifier("alexnet", 3, "none").to(memory_format=torch.channels_last)
     if frozen:
         model.freeze_body()
-    opt = _adam(list(model.head.parameters() if frozen else model.parameters()), cfg)
+    opt = make_optimizer(list((model.head if frozen else model).named_parameters()), cfg)
     gen = torch.Generator().manual_seed(0)
     model.train()
     seen, t0 = 0, None
@@ -137,12 +145,20 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=120, help="images used (decoded once by ours)")
     ap.add_argument("--steps", type=int, default=8, help="timed steps of batch 30 per run")
     ap.add_argument("--workers", type=int, default=2, help="reference DataLoader num_workers")
+    ap.add_argument("--only", choices=["study", "patches"], help="one recipe (default: both)")
     args = ap.parse_args()
     items = files(Path(args.data), args.images)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {len(items)} images, "
         f"AlexNet 227 px, batch 30, {args.steps} timed steps (after 1 warm-up step)"
     )
+    if args.only != "patches":
+        study_recipe(items, args)
+    if args.only != "study":
+        patch_recipe(items, args)
+
+
+def study_recipe(items, args) -> None:
     print(f"{'mode':<8} {'pipeline':<26} {'img/s':>7} {'s':>6} {'peak RSS MiB':>13}")
     for frozen in (True, False):
         mode = "frozen" if frozen else "full"
@@ -167,6 +183,155 @@ def main() -> None:
             )
         ref, fp32, bf16 = results.values()
         print(f"{mode:<8} speed-up vs reference: fp32 {fp32 / ref:.2f}x, bf16 {bf16 / ref:.2f}x")
+
+
+# --- the histology recipe ---------------------------------------------------
+
+PATCH_RECIPE = dict(
+    arch="lymphaug_cnn",
+    width=16,
+    scale=0.5,
+    patch_size=64,
+    patches_per_image=8,
+    eval="whole",
+    dihedral=True,
+    hed_jitter=0.1,
+    brightness=0.1,
+    contrast=0.1,
+    saturation=0.1,
+    batch_size=32,
+    epochs=20,
+    optimizer="adamw",
+    learning_rate=2e-3,
+    lr_schedule="cosine",
+    warmup_fraction=0.05,
+    weight_decay=0.05,
+    label_smoothing=0.1,
+)
+
+
+class PilPatchDataset(torch.utils.data.Dataset):
+    """Per item: decode, half-size, random patch, rotation/flip, colour jitter, normalise."""
+
+    def __init__(self, items, patches_per_image: int):
+        self.items, self.repeat = items, patches_per_image
+        self.tf = T.Compose(
+            [
+                T.RandomCrop(64),
+                T.RandomChoice([T.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
+                T.RandomHorizontalFlip(),
+                T.ColorJitter(0.1, 0.1, 0.1),
+                T.ToTensor(),
+                T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+            ]
+        )
+
+    def __len__(self):
+        return len(self.items) * self.repeat
+
+    def __getitem__(self, i):
+        path, label = self.items[i % len(self.items)]
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            img = img.resize((img.width // 2, img.height // 2), Image.Resampling.BILINEAR)
+            return self.tf(img), label
+
+
+def _patch_model(cfg: TrainConfig):
+    torch.manual_seed(0)
+    model = build_classifier(cfg.arch, 3, "none", width=cfg.width)
+    model.to(memory_format=torch.channels_last).train()
+    return model, make_optimizer(list(model.named_parameters()), cfg)
+
+
+def patch_reference(items, cfg: TrainConfig, workers: int) -> tuple[int, float]:
+    model, opt = _patch_model(cfg)
+    loader = torch.utils.data.DataLoader(
+        PilPatchDataset(items, cfg.patches_per_image),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+    )
+    seen, t0 = 0, None
+    for x, y in loader:
+        loss = nnf.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if t0 is None:  # first step is warm-up (workers start, allocator)
+            t0 = time.perf_counter()
+            continue
+        seen += len(y)
+    return seen, time.perf_counter() - t0
+
+
+def patch_ours(items, cfg: TrainConfig) -> tuple[int, float]:
+    """One epoch of the project's training loop (decoding done once, before the clock)."""
+    from lymphaug.classifier.loop import _train_epoch, lr_factor, steps_per_epoch
+
+    data = ImageSet(
+        decode([p for p, _ in items], scale=cfg.scale), torch.tensor([y for _, y in items]), []
+    )
+    model, opt = _patch_model(cfg)
+    total = cfg.epochs * steps_per_epoch(len(data), cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: lr_factor(
+            s, total_steps=total, warmup_fraction=cfg.warmup_fraction, schedule=cfg.lr_schedule
+        ),
+    )
+    gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    _train_epoch(model, opt, data, scheduler=sched, cfg=cfg, generator=gen, epoch=1, frozen=False)
+    return len(data) * cfg.patches_per_image, time.perf_counter() - t0
+
+
+def patch_model_alone(cfg: TrainConfig, steps: int) -> tuple[int, float]:
+    """The limit: forward, backward, step on a batch already normalised in memory."""
+    model, opt = _patch_model(cfg)
+    x = torch.randn(cfg.batch_size, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(cfg.batch_size) % 3
+    seen, t0 = 0, None
+    for _ in range(steps + 1):
+        loss = nnf.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if t0 is None:
+            t0 = time.perf_counter()
+            continue
+        seen += len(y)
+    return seen, time.perf_counter() - t0
+
+
+def patch_recipe(items, args) -> None:
+    cfg = TrainConfig(**PATCH_RECIPE)
+    steps = len(items) * cfg.patches_per_image // cfg.batch_size
+    print(
+        f"\nhistology recipe: {cfg.arch} width {cfg.width}, {cfg.patch_size} px patches of the "
+        f"x{cfg.scale:g} images, {cfg.patches_per_image} per image, batch {cfg.batch_size}, "
+        f"{len(items)} images = {steps} steps per epoch"
+    )
+    print(f"{'pipeline':<40} {'img/s':>7} {'s':>6} {'peak RSS MiB':>13}")
+    results = {}
+    for name, fn in (
+        (
+            f"reference (PIL per item, {args.workers} workers)",
+            lambda: patch_reference(items, cfg, args.workers),
+        ),
+        ("lymphaug (training loop, one epoch)", lambda: patch_ours(items, cfg)),
+        ("model alone (tensors in memory)", lambda: patch_model_alone(cfg, steps)),
+    ):
+        n, secs = fn()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        results[name] = n / secs
+        print(f"{name:<40} {n / secs:7.1f} {secs:6.1f} {rss:13.0f}")
+    ref, ours_rate, limit = results.values()
+    print(
+        f"lymphaug vs reference: {ours_rate / ref:.2f}x; "
+        f"lymphaug vs model alone: {ours_rate / limit:.2f} of the limit"
+    )
 
 
 if __name__ == "__main__":

@@ -63,4 +63,5 @@ def dvc_repo(tmp_path, repo_root) -> Path:
     set_param(repo, "ingest.sample", "per_class", 6)
     set_param(repo, "ingest.sample", "width", 96)
     set_param(repo, "ingest.sample", "height", 72)
+    set_param(repo, "train", "patch_size", 24)  # 64 px patches do not fit 48 x 36 at scale 0.5
     return repo

@@ -271,18 +271,14 @@ def test_reader_refuses_labels_that_are_not_class_indices(tmp_path):
 
 def test_named_imagenet_extractor_without_cached_weights_is_refused(repo, tmp_path, monkeypatch):
     """The stage never downloads: naming an uncached extractor says where it looked."""
+    from lymphaug.common.config import TrainConfig
     from lymphaug.comparison import features
 
+    cheap = TrainConfig(arch="mobilenet_v3_small", input_size=32)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(DataError, match="alexnet: its ImageNet weights are not in the torchvision"):
-        features.choose(
-            "alexnet", repo, arch="mobilenet_v3_small", input_size=32, n_classes=3, seed=0
-        )
-    ex = features.choose(
-        "auto", repo, arch="mobilenet_v3_small", input_size=32, n_classes=3, seed=0
-    )
+        features.choose("alexnet", repo, train_cfg=cheap, n_classes=3, seed=0)
+    ex = features.choose("auto", repo, train_cfg=cheap, n_classes=3, seed=0)
     assert ex.name == "classifier" and "no ImageNet Inception or AlexNet" in ex.description
     with pytest.raises(DataError, match="no base classifier weights in .*seed_7"):
-        features.choose(
-            "classifier", repo, arch="mobilenet_v3_small", input_size=32, n_classes=3, seed=7
-        )
+        features.choose("classifier", repo, train_cfg=cheap, n_classes=3, seed=7)

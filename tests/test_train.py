@@ -10,10 +10,11 @@ import pytest
 import torch
 from fixtures.classifier_data import CLASSES, make_dataset, tiny_params
 
-from lymphaug.classifier.data import eval_tensor, load_splits, random_crops
+from lymphaug.classifier.data import load_splits
 from lymphaug.classifier.evaluate import PREDICTION_COLUMNS, classification_metrics
 from lymphaug.classifier.loop import CHECKPOINT, TrainingError, fit
 from lymphaug.classifier.model import WeightsError, build_classifier, imagenet_weights
+from lymphaug.classifier.transforms import eval_tensor, random_crops
 from lymphaug.common import manifest
 from lymphaug.common.errors import DataError, LeakageError
 from lymphaug.train import train_condition, write_outputs

@@ -10,8 +10,8 @@ evaluated on the test split, and the outputs are moved into place atomically:
 - ``models/<condition>/seed_<n>/``: ``model.pt`` (torchvision state dict) + ``model.json``
 - ``reports/train/<condition>/seed_<n>/``: ``metrics.json``, ``history.csv``, ``predictions.csv``
 
-Before any of that: the architecture is checked at ``train.input_size`` (see
-:func:`~lymphaug.classifier.model.check_architecture`) and the lock
+Before any of that: the input pipeline and architecture are checked (see
+:func:`~lymphaug.classifier.checks.check_input_pipeline`) and the lock
 ``work/train/<condition>/seed_<n>/.lock`` is taken, so a second run of the same condition and
 seed refuses at once instead of deleting the first one's MLflow run; holding it, a run
 removes what killed runs left (temporary outputs, other params' work folders). A tracking
@@ -33,10 +33,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from lymphaug.classifier.checks import check_input_pipeline
 from lymphaug.classifier.data import Splits, load_splits
 from lymphaug.classifier.evaluate import confusion_png, curves_png, evaluate
 from lymphaug.classifier.loop import CHECKPOINT, FitResult, fit, restore_best, set_determinism
-from lymphaug.classifier.model import Classifier, build_classifier, check_architecture
+from lymphaug.classifier.model import PROJECT_CNN, Classifier, build_classifier
+from lymphaug.classifier.transforms import IMAGENET_MEAN, IMAGENET_STD
 from lymphaug.common.config import Params
 from lymphaug.common.errors import ConfigError
 from lymphaug.common.files import (
@@ -109,7 +111,15 @@ def train_condition(
     cfg = params.train
     classes = list(params.classes)
     torch.manual_seed(seed)  # the new head's initial weights
-    model = build_classifier(cfg.arch, len(classes), cfg.weights, root, input_size=cfg.input_size)
+    model = build_classifier(
+        cfg.arch,
+        len(classes),
+        cfg.weights,
+        root,
+        input_size=cfg.input_size,
+        width=cfg.width,
+        small_stem=cfg.small_stem,
+    )
     model.to(select_device(cfg.device))
     result = fit(
         model,
@@ -132,9 +142,8 @@ def train_condition(
             model,
             splits.test,
             classes=classes,
-            input_size=cfg.input_size,
+            cfg=cfg,
             root=root,
-            precision=cfg.precision,
         )
         metrics = {
             "best_epoch": result.best_epoch,
@@ -193,9 +202,14 @@ def write_outputs(
         info = {
             "arch": cfg.arch,
             "classes": list(params.classes),
+            "width": cfg.width if cfg.arch == PROJECT_CNN else None,
+            "small_stem": cfg.small_stem,
+            "scale": cfg.scale,
+            "patch_size": cfg.patch_size,
+            "eval": cfg.eval,
             "input_size": cfg.input_size,
             "eval_resize": round(cfg.input_size * 256 / 227),
-            "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+            "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             "best_epoch": outcome.fit.best_epoch,
             "condition": condition,
             "seed": seed,
@@ -231,7 +245,8 @@ def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
     cfg = params.train
     # every rank checks (the same answer), so none is left waiting for a rank that refused
     check_device(cfg.device)
-    check_architecture(cfg.arch, input_size=cfg.input_size, weights=cfg.weights)
+    # patches that do not fit, or inputs the network cannot take: refused before any decoding
+    check_input_pipeline(cfg, layout.raw_manifest, len(params.classes))
     rank = init_distributed()
     try:
         if rank == 0:

@@ -75,6 +75,28 @@ def test_profile_paper_writes_real_values(repo_root, tmp_path):
     assert "url: null" in text
 
 
+@pytest.mark.parametrize("profile", ["paper", "cpu"])
+def test_profile_quick_returns_from_another_profile(repo_root, tmp_path, profile):
+    """Every key a preset changes is in profiles/quick.yaml with params.yaml's value."""
+    params = tmp_path / "params.yaml"
+    shutil.copy(repo_root / "params.yaml", params)
+    apply_profile(params, repo_root / "profiles" / f"{profile}.yaml")
+    assert load_params(params) != load_params(repo_root / "params.yaml")
+    apply_profile(params, repo_root / "profiles" / "quick.yaml")
+    assert load_params(params) == load_params(repo_root / "params.yaml")
+
+
+def test_profile_cpu_is_the_histology_recipe_on_the_real_images(repo_root, tmp_path):
+    params = tmp_path / "params.yaml"
+    shutil.copy(repo_root / "params.yaml", params)
+    apply_profile(params, repo_root / "profiles" / "cpu.yaml")
+    p = load_params(params)
+    assert p.ingest.source == "folder" and p.ingest.folder == "../shared/data/lymphoma"
+    assert p.train.arch == "lymphaug_cnn" and p.train.weights == "none"
+    assert p.train.patch_size == 64 and p.train.eval == "whole" and len(p.train.seeds) == 5
+    assert p.train.device == "cpu"
+
+
 def test_profile_with_unknown_key_leaves_params_untouched(repo_root, tmp_path):
     params = tmp_path / "params.yaml"
     shutil.copy(repo_root / "params.yaml", params)
@@ -116,7 +138,7 @@ def test_device_auto_cpu_cuda_n_are_valid(device):
 def test_duplicate_key_names_the_key_and_both_lines(repo_root, tmp_path, capsys):
     """PyYAML would keep the last value; DVC refuses the file: the stage must refuse it too."""
     text = (repo_root / "params.yaml").read_text()
-    text = text.replace("  epochs: 5\n", "  epochs: 5\n  epochs: 50\n", 1)
+    text = text.replace("  epochs: 15\n", "  epochs: 15\n  epochs: 50\n", 1)
     path = tmp_path / "params.yaml"
     path.write_text(text)
     line = text.splitlines().index("  epochs: 50") + 1

@@ -175,3 +175,26 @@ def test_cycle_check_sees_imports_inside_functions(tmp_path):
     (pkg / "a.py").write_text("from lymphaug.b import f\n")
     (pkg / "b.py").write_text("def f():\n    from lymphaug.a import g  # hidden\n")
     assert import_cycles(tmp_path) == [["lymphaug.a", "lymphaug.b"]]
+
+
+# params that change no training result: where it runs, how many threads, which seeds exist
+NOT_RESULT_PARAMS = {"seeds", "device", "num_threads"}
+PER_CONDITION = {"dct_methods": "dct", "synthetic_dir": "synthetic"}
+
+
+@pytest.mark.parametrize("condition", ["base", "dct", "synthetic"])
+def test_train_stages_depend_on_every_training_param(condition):
+    """A new TrainConfig field that a train stage does not list would leave its models stale."""
+    from lymphaug.common.config import TrainConfig
+
+    listed = {
+        p.removeprefix("train.")
+        for p in dvc_stages()[f"train-{condition}"]["params"]
+        if isinstance(p, str) and p.startswith("train.")
+    }
+    wanted = {
+        name
+        for name in TrainConfig.model_fields
+        if name not in NOT_RESULT_PARAMS and PER_CONDITION.get(name, condition) == condition
+    }
+    assert wanted - listed == set(), f"dvc.yaml train-{condition}: add params {wanted - listed}"

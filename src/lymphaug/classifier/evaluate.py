@@ -7,33 +7,90 @@ per-class probabilities, not only the argmax.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from lymphaug.classifier.data import ImageSet, eval_tensor, normalize
-from lymphaug.classifier.model import Classifier
+from lymphaug.classifier.data import ImageSet
+from lymphaug.classifier.model import Classifier, autocast, device_of
+from lymphaug.classifier.transforms import eval_tensor, grid_patches, normalize, symmetries
+from lymphaug.common.config import TrainConfig
 from lymphaug.common.metrics import confusion_matrix, macro_f1, per_class_scores
 
 PREDICTION_COLUMNS = ["path", "class", "label", "predicted", "predicted_class"]  # + prob_<class>
 
 
-def predict_proba(
-    model: Classifier, x_u8: torch.Tensor, batch: int = 64, precision: str = "fp32"
-) -> np.ndarray:
-    from lymphaug.classifier.loop import autocast, device_of
+def eval_views(
+    images: list[torch.Tensor], cfg: TrainConfig, *, symmetric: bool = False
+) -> list[Sequence[torch.Tensor]]:
+    """Per image, the uint8 views (``3 x h x w`` each) whose predictions are averaged.
 
-    model.eval()
-    dev = device_of(model)
-    out = []
+    ``crop``: the study's resize + centre crop (one view); ``whole``: the whole rescaled
+    image (one view; the model must pool globally); ``grid``: every patch of a grid
+    covering the image, so no tissue is thrown away and the patch size matches training.
+    ``symmetric``: every view also counts in its 8 rotations/flips (the symmetries
+    training drew from; ``train.eval_symmetries`` asks it for the test split only, since
+    it costs 8 forward passes per view). Computed once per evaluation set, not per epoch.
+    """
+    if cfg.eval == "crop":
+        views = list(eval_tensor(images, cfg.input_size).unsqueeze(1))
+    elif cfg.eval == "whole":
+        views = [image.unsqueeze(0) for image in images]
+    else:
+        views = [grid_patches(image, cfg.patch_size) for image in images]
+    if symmetric:  # a turned whole image changes shape: a list, not one tensor
+        return [[s for view in image_views for s in symmetries(view)] for image_views in views]
+    return views
+
+
+def mean_over_views(
+    fn: Callable[[torch.Tensor], torch.Tensor], views: list[Sequence[torch.Tensor]], *, batch: int
+) -> torch.Tensor:
+    """Per image (float64, N x D), the mean over its views of ``fn(normalised batch)``.
+
+    Views of one shape are batched together whatever image they belong to, so a grid of
+    patches or a set of equally sized whole images runs in few forward passes.
+    """
+    by_shape: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}
+    for owner, image_views in enumerate(views):
+        for view in image_views:
+            by_shape.setdefault(tuple(view.shape), []).append((owner, view))
+    sums: torch.Tensor | None = None
+    counts = torch.zeros(len(views), dtype=torch.float64)
     with torch.inference_mode():
-        for i in range(0, len(x_u8), batch):
-            with autocast(precision, dev):
-                logits = model(normalize(x_u8[i : i + batch]).to(dev)).float()
-            out.append(torch.softmax(logits, dim=1).cpu())
-    return torch.cat(out).double().numpy()
+        for items in by_shape.values():
+            for start in range(0, len(items), batch):
+                chunk = items[start : start + batch]
+                rows = fn(normalize(torch.stack([view for _, view in chunk]))).cpu().double()
+                if sums is None:
+                    sums = torch.zeros(len(views), rows.shape[1], dtype=torch.float64)
+                owners = torch.tensor([owner for owner, _ in chunk])
+                sums.index_add_(0, owners, rows)
+                counts.index_add_(0, owners, torch.ones(len(chunk), dtype=torch.float64))
+    if sums is None:
+        raise ValueError("no images to evaluate")
+    return sums / counts[:, None]
+
+
+def predict_proba(
+    model: Classifier,
+    views: list[Sequence[torch.Tensor]],
+    *,
+    batch: int = 64,
+    precision: str = "fp32",
+) -> np.ndarray:
+    """Class probabilities per image (float64, N x C): the mean softmax over its views."""
+    model.eval()
+    device = device_of(model)
+
+    def softmax(x: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, device):
+            return torch.softmax(model(x.to(device)).float(), dim=1)
+
+    return mean_over_views(softmax, views, batch=batch).numpy()
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
@@ -62,12 +119,16 @@ def evaluate(
     test: ImageSet,
     *,
     classes: list[str],
-    input_size: int,
+    cfg: TrainConfig,
     root: Path,
-    precision: str = "fp32",
 ) -> tuple[dict, pd.DataFrame]:
     """(metrics dict, predictions DataFrame) of ``model`` on the test set."""
-    probs = predict_proba(model, eval_tensor(test.images, input_size), precision=precision)
+    probs = predict_proba(
+        model,
+        eval_views(test.images, cfg, symmetric=cfg.eval_symmetries),
+        batch=cfg.batch_size,
+        precision=cfg.precision,
+    )
     y_true = test.labels.numpy()
     y_pred = probs.argmax(1)
     metrics = classification_metrics(y_true, y_pred, classes)

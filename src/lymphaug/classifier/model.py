@@ -67,6 +67,56 @@ def _set_module(model: nn.Module, dotted: str, module: nn.Module) -> None:
     setattr(parent, leaf, module)
 
 
+PROJECT_CNN = "lymphaug_cnn"
+
+
+class SmallCNN(nn.Module):
+    """A small batch-norm CNN for histology patches trained from scratch.
+
+    Four stages of two 3x3 conv-BN-ReLU layers (``width``, 2x, 4x, 8x channels), each
+    halving the resolution with a max-pool, then global average pooling: about 0.3 M
+    parameters at ``width`` 16, 1.2 M at 32. Global pooling makes it fully convolutional,
+    so a model trained on 64 px patches classifies a whole 208 x 156 image in one pass.
+    The body ends in the pooled features; ``fc`` is the linear layer the wrapper replaces.
+    """
+
+    def __init__(self, width: int = 16, num_classes: int = 1000) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for stage in range(4):
+            out = width * 2**stage
+            for _ in range(2):
+                layers += [
+                    nn.Conv2d(channels, out, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(out),
+                    nn.ReLU(inplace=True),
+                ]
+                channels = out
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(channels, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.features(x)))
+
+
+def _small_stem(net: nn.Module) -> None:
+    """A ResNet's 7x7 stride-2 stem and max-pool -> one 3x3 stride-1 conv (CIFAR-style),
+    so small patches are not downsampled fourfold before the first residual block."""
+    if not (isinstance(getattr(net, "conv1", None), nn.Conv2d) and hasattr(net, "maxpool")):
+        raise WeightsError(
+            f"train.small_stem: only ResNet-style models (conv1 + maxpool) have the stem "
+            f"to replace, not {type(net).__name__}"
+        )
+    net.conv1 = nn.Conv2d(3, net.conv1.out_channels, 3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+
+
 AUX_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 SIZED_AT_CONSTRUCTION = ("vit_", "maxvit_")
 
@@ -97,7 +147,7 @@ def _torchvision_model(arch: str, *, input_size: int, weights: str) -> nn.Module
     if arch not in available:
         raise WeightsError(
             f"train.arch: unknown torchvision classification model {arch!r} "
-            f"(e.g. alexnet, resnet18, resnet50, vgg11, densenet121, efficientnet_b0)"
+            f"(e.g. {PROJECT_CNN}, alexnet, resnet18, resnet50, densenet121, efficientnet_b0)"
         )
     kwargs = _builder_kwargs(arch, input_size=input_size, weights=weights)
     try:
@@ -223,14 +273,27 @@ def build_classifier(
     root: Path = Path("."),
     *,
     input_size: int = 224,
+    width: int = 16,
+    small_stem: bool = False,
 ) -> Classifier:
     """Build ``arch`` with ``weights`` (imagenet | none | path) and a fresh ``num_classes`` head.
 
-    A weights file may hold the original 1000-class head (a torchvision download)
+    ``arch`` is a torchvision classification model or ``lymphaug_cnn`` (:class:`SmallCNN`,
+    ``width`` channels in its first stage); ``small_stem`` gives a ResNet a stride-1
+    stem. A weights file may hold the original 1000-class head (a torchvision download)
     or an already replaced ``num_classes`` head (a model this stage wrote). ``input_size``
     only matters to the models sized at construction (ViT, MaxViT without weights).
     """
-    net = _torchvision_model(arch, input_size=input_size, weights=weights)
+    if arch == PROJECT_CNN:
+        if weights == "imagenet":
+            raise WeightsError(f"train.weights: {PROJECT_CNN} has no ImageNet weights")
+        net: nn.Module = SmallCNN(width=width)
+    else:
+        net = _torchvision_model(arch, input_size=input_size, weights=weights)
+        if small_stem:
+            if weights == "imagenet":
+                raise WeightsError("train.small_stem: ImageNet weights need the original stem")
+            _small_stem(net)
     head_name = _last_linear(net)
     old_head = net.get_submodule(head_name)
     in_features = old_head.in_features
@@ -251,3 +314,14 @@ def build_classifier(
     _set_module(net, head_name, nn.Identity())
     # The new head is initialised from torch's global RNG: callers seed it first.
     return Classifier(net, nn.Linear(in_features, num_classes), arch, head_name)
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device the model lives on; batches are decoded on the CPU and moved there."""
+    return next(model.parameters()).device
+
+
+def autocast(precision: str, device: torch.device | None = None):
+    """bf16 autocast (convolutions and matmuls; fast on GPUs and on CPUs with AMX), or nothing."""
+    kind = device.type if device is not None else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=precision == "bf16")

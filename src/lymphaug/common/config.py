@@ -180,14 +180,40 @@ class GenerateConfig(Section):
 
 
 class TrainConfig(Section):
-    arch: str = "alexnet"
+    """The classifier. Two input pipelines: the study's (``patch_size: null``: the whole
+    image crop-and-resized to ``input_size``) and histology patches (``patch_size``: random
+    squares of the ``scale``-d image at full resolution, evaluated as ``eval`` says)."""
+
+    arch: str = Field("alexnet", description="torchvision model name or lymphaug_cnn")
+    width: int = Field(16, ge=4, description="lymphaug_cnn: channels of its first stage")
+    small_stem: bool = Field(False, description="ResNets: 3x3 stride-1 stem, no max-pool")
     weights: str = Field("none", description="imagenet | none | path to a state dict")
     freeze_backbone: bool = False
-    input_size: int = Field(96, ge=32)
+    input_size: int = Field(96, ge=32, description="the study's pipeline: crop size in px")
+    scale: float = Field(1.0, gt=0, le=4, description="rescale decoded images first")
+    patch_size: int | None = Field(None, ge=8, description="random square patches, in px")
+    patches_per_image: int = Field(1, ge=1, description="patches per image per epoch")
+    eval: Literal["crop", "whole", "grid"] = Field(
+        "crop", description="crop: resize + centre crop (study); whole image; grid of patches"
+    )
+    dihedral: bool = Field(False, description="random 90-degree rotations and flips")
+    eval_symmetries: bool = Field(
+        False, description="test predictions: mean over the 8 rotations/flips of each view"
+    )
+    hed_jitter: float = Field(0.0, ge=0, lt=1, description="stain jitter sigma (HED space)")
+    brightness: float = Field(0.0, ge=0, lt=1, description="factor U(1-x, 1+x)")
+    contrast: float = Field(0.0, ge=0, lt=1, description="factor U(1-x, 1+x)")
+    saturation: float = Field(0.0, ge=0, lt=1, description="factor U(1-x, 1+x)")
     batch_size: int = Field(16, ge=1)
     epochs: int = Field(5, ge=1)
+    optimizer: Literal["adam", "adamw"] = Field(
+        "adam", description="adamw: decoupled weight decay, none on norms and biases"
+    )
     learning_rate: float = Field(1e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    warmup_fraction: float = Field(0.0, ge=0, lt=1, description="linear warm-up, of all steps")
     weight_decay: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     seeds: list[int] = Field([0, 1], min_length=1, description="one train stage per seed")
     dct_methods: list[DctMethod] = ["method1", "method2"]
     synthetic_dir: str = "data/synthetic"
@@ -203,6 +229,17 @@ class TrainConfig(Section):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"seeds must not repeat: {seeds}")
         return seeds
+
+    @model_validator(mode="after")
+    def _pipeline_consistent(self) -> TrainConfig:
+        if self.eval == "grid" and self.patch_size is None:
+            raise ValueError("train.eval: 'grid' averages over patches: set train.patch_size")
+        if self.patch_size is None and (self.patches_per_image != 1 or self.dihedral):
+            raise ValueError(
+                "train.patches_per_image and train.dihedral belong to the patch pipeline: "
+                "set train.patch_size"
+            )
+        return self
 
 
 # --- comparison report ------------------------------------------------------

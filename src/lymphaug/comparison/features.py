@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lymphaug.common.config import TrainConfig
 from lymphaug.common.errors import DataError
 from lymphaug.common.paths import Layout
 
@@ -35,21 +36,31 @@ class Extractor:
     description: str  # for the report
     model: object  # lymphaug.classifier.model.Classifier
     input_size: int
+    # the classifier's own input pipeline (scale, crop/whole/grid views); None: ImageNet's
+    train_cfg: TrainConfig | None = None
 
     def features(self, files: list[Path], batch: int = 32) -> np.ndarray:
-        """Penultimate-layer features of each image (resize, center-crop, ImageNet norm)."""
-        import torch
+        """Penultimate-layer features of each image, averaged over its evaluation views.
 
-        from lymphaug.classifier.data import decode, eval_tensor, normalize
+        An ImageNet model sees a resize + centre crop at its input size; the ``base``
+        classifier sees each image as it was evaluated in training (rescaled, then the
+        centre crop, the whole image or the patch grid of ``train.eval``).
+        """
+        from lymphaug.classifier.data import decode
+        from lymphaug.classifier.evaluate import eval_views, mean_over_views
+        from lymphaug.classifier.transforms import eval_tensor
 
-        images = decode(files, desc=f"features ({self.name})")
-        chunks = []
+        scale = self.train_cfg.scale if self.train_cfg is not None else 1.0
+        images = decode(files, desc=f"features ({self.name})", scale=scale)
+        if not images:
+            return np.zeros((0, 0))
+        if self.train_cfg is not None:
+            views = eval_views(images, self.train_cfg)
+        else:
+            views = list(eval_tensor(images, self.input_size).unsqueeze(1))
         self.model.eval()
-        with torch.inference_mode():
-            for start in range(0, len(images), batch):
-                x = normalize(eval_tensor(images[start : start + batch], self.input_size))
-                chunks.append(self.model.body(x).flatten(1).double().numpy())
-        return np.concatenate(chunks) if chunks else np.zeros((0, 0))
+        body = self.model.body
+        return mean_over_views(lambda x: body(x).flatten(1), views, batch=batch).numpy()
 
 
 def cached_imagenet_file(name: str) -> Path | None:
@@ -79,7 +90,7 @@ def classifier_weights(layout: Layout, seed: int) -> Path:
 
 
 def choose(
-    requested: str, layout: Layout, *, arch: str, input_size: int, n_classes: int, seed: int
+    requested: str, layout: Layout, *, train_cfg: TrainConfig, n_classes: int, seed: int
 ) -> Extractor:
     """Build the extractor ``requested`` (auto | inception | alexnet | classifier)."""
     import torch
@@ -91,8 +102,15 @@ def choose(
     for name in order:
         if name == "classifier":
             path = classifier_weights(layout, seed)
+            arch = train_cfg.arch
             model = build_classifier(
-                arch, n_classes, weights=str(path), root=layout.root, input_size=input_size
+                arch,
+                n_classes,
+                weights=str(path),
+                root=layout.root,
+                input_size=train_cfg.patch_size or train_cfg.input_size,
+                width=train_cfg.width,
+                small_stem=train_cfg.small_stem,
             )
             desc = (
                 f"the `base` classifier of seed {seed} ({arch}, penultimate layer, "
@@ -102,7 +120,11 @@ def choose(
                 else f"the `base` classifier of seed {seed} ({arch}, penultimate layer)"
             )
             return Extractor(
-                name="classifier", description=desc, model=model, input_size=input_size
+                name="classifier",
+                description=desc,
+                model=model,
+                input_size=train_cfg.input_size,
+                train_cfg=train_cfg,
             )
         cached = cached_imagenet_file(name)
         if cached is None:

@@ -95,8 +95,7 @@ def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -
         extractor = choose(
             cfg.feature_extractor,
             layout,
-            arch=train_cfg.arch,
-            input_size=train_cfg.input_size,
+            train_cfg=train_cfg,
             n_classes=len(classes),
             seed=train_cfg.seeds[0],
         )
