@@ -60,7 +60,20 @@ def render(
     n_test = analysis.n_test
     train = params.train
     conditions = ", ".join(f"`{condition}`" for condition in analysis.conditions)
-    backbone = "frozen backbone" if train.freeze_backbone else "fine-tuned"
+    backbone = "frozen backbone" if train.freeze_backbone else "all weights trained"
+    if train.patch_size is not None:
+        evaluation = {
+            "whole": "the whole rescaled image",
+            "grid": f"a grid of {train.patch_size} px patches",
+            "crop": f"a {train.input_size} px centre crop",
+        }[train.eval]
+        symmetric = ", averaged over its 8 rotations/flips" if train.eval_symmetries else ""
+        pipeline = (
+            f"{train.patches_per_image} random {train.patch_size} px patches per image per "
+            f"epoch of the images rescaled by {train.scale:g}, tested on {evaluation}{symmetric}"
+        )
+    else:
+        pipeline = f"the study's {train.input_size} px crops of the whole image"
     seed_list = ", ".join(map(str, analysis.seeds))
     lines = [
         "# Does augmentation help? Comparison report",
@@ -69,7 +82,7 @@ def render(
         "",
         f"- Conditions: {conditions}; classifier `{train.arch}` "
         f"(weights `{train.weights}`, {backbone}), "
-        f"{train.epochs} epochs, input {train.input_size} px; the test-set numbers come from the "
+        f"{train.epochs} epochs, {pipeline}; the test-set numbers come from the "
         "epoch with the best validation accuracy.",
         f"- **{n_seeds} seed{'s' if n_seeds != 1 else ''}** ({seed_list}) "
         f"per condition, each scored on the same **{n_test} real test images** "
