@@ -187,27 +187,14 @@ def study_recipe(items, args) -> None:
 
 # --- the histology recipe ---------------------------------------------------
 
-PATCH_RECIPE = dict(
-    arch="lymphaug_cnn",
-    width=16,
-    scale=0.5,
-    patch_size=64,
-    patches_per_image=8,
-    eval="whole",
-    dihedral=True,
-    hed_jitter=0.1,
-    brightness=0.1,
-    contrast=0.1,
-    saturation=0.1,
-    batch_size=32,
-    epochs=20,
-    optimizer="adamw",
-    learning_rate=2e-3,
-    lr_schedule="cosine",
-    warmup_fraction=0.05,
-    weight_decay=0.05,
-    label_smoothing=0.1,
-)
+
+def patch_recipe_config() -> TrainConfig:
+    """The real-image recipe exactly as profiles/cpu.yaml sets it (seeds and device aside)."""
+    import yaml
+
+    preset = yaml.safe_load((Path(__file__).resolve().parents[1] / "profiles/cpu.yaml").read_text())
+    train = {k: v for k, v in preset["train"].items() if k not in ("seeds", "device")}
+    return TrainConfig(**train)
 
 
 class PilPatchDataset(torch.utils.data.Dataset):
@@ -306,7 +293,7 @@ def patch_model_alone(cfg: TrainConfig, steps: int) -> tuple[int, float]:
 
 
 def patch_recipe(items, args) -> None:
-    cfg = TrainConfig(**PATCH_RECIPE)
+    cfg = patch_recipe_config()
     steps = len(items) * cfg.patches_per_image // cfg.batch_size
     print(
         f"\nhistology recipe: {cfg.arch} width {cfg.width}, {cfg.patch_size} px patches of the "

@@ -130,14 +130,18 @@ def load_splits(condition: str, params: Params, layout: Layout) -> Splits:
             f"{layout.split_csv}: class(es) {empty} have no training images after the split; "
             "add images or change split.test_fraction/val_fraction"
         )
-    train = _image_set(
-        layout.raw,
-        by["train"],
-        classes=classes,
-        src=layout.split_csv,
-        desc="decode train",
-        scale=scale,
-    )
+    real = {
+        s: _image_set(
+            layout.raw,
+            by[s],
+            classes=classes,
+            src=layout.split_csv,
+            desc=f"decode {s}",
+            scale=scale,
+        )
+        for s in manifest.SPLITS
+    }
+    train = real["train"]
     manifests = {"train": by["train"], "val": by["val"], "test": by["test"]}
     if condition != "base":
         folder, rows, mpath = extra_training_rows(condition, params, layout, split)
@@ -150,15 +154,4 @@ def load_splits(condition: str, params: Params, layout: Layout) -> Splits:
             train.paths + extra.paths,
         )
         manifests[condition] = rows
-    val = _image_set(
-        layout.raw, by["val"], classes=classes, src=layout.split_csv, desc="decode val", scale=scale
-    )
-    test = _image_set(
-        layout.raw,
-        by["test"],
-        classes=classes,
-        src=layout.split_csv,
-        desc="decode test",
-        scale=scale,
-    )
-    return Splits(train, val, test, manifests)
+    return Splits(train, real["val"], real["test"], manifests)
