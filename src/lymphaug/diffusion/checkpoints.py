@@ -14,6 +14,7 @@ so the caller can fall back to an older one.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -65,41 +66,46 @@ def check_meta(path: Path, cfg: FinetuneConfig) -> dict:
     return meta
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainingState:
+    """What a checkpoint saves and restores: the trainable weights (LoRA: the adapters),
+    the optimizer, the learning-rate schedule, the fp16 scaler and the EMA, if any."""
+
+    trainable: dict[str, torch.nn.Parameter]
+    optimizer: object
+    lr_scheduler: object
+    scaler: object | None
+    ema: object | None
+
+
 def load_checkpoint(
-    path: Path,
-    cfg: FinetuneConfig,
-    *,
-    trainable: dict[str, torch.nn.Parameter],
-    optimizer,
-    lr_scheduler,
-    scaler,
-    ema,
+    path: Path, cfg: FinetuneConfig, state: TrainingState
 ) -> tuple[int, list[float], list[float]]:
     """Restore a checkpoint in place; returns (step, losses so far, learning rates so far).
 
     The curve so far comes back too, so a resumed run's curve is the uninterrupted one's.
     """
     meta = check_meta(path, cfg)
-    state = read_state(path / "state.pt")
-    mismatch = set(trainable) ^ set(state["trainable"])
+    saved = read_state(path / "state.pt")
+    mismatch = set(state.trainable) ^ set(saved["trainable"])
     if mismatch:
         raise CheckpointError(f"{path}: weights do not match this model ({sorted(mismatch)[:3]})")
     try:
         with torch.no_grad():
-            for name, param in trainable.items():
-                param.copy_(state["trainable"][name].to(param.dtype))
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
+            for name, param in state.trainable.items():
+                param.copy_(saved["trainable"][name].to(param.dtype))
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.lr_scheduler.load_state_dict(saved["lr_scheduler"])
+        if state.scaler is not None and saved.get("scaler"):
+            state.scaler.load_state_dict(saved["scaler"])
+        if state.ema is not None and saved.get("ema"):
+            state.ema.load_state_dict(saved["ema"])
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
         # an older checkpoint restores every one of these again, so falling back is safe
         raise UnreadableCheckpoint(
             f"{path / 'state.pt'}: does not fit this model ({err})"
         ) from None
-    return int(meta["step"]), list(state["losses"]), list(state["lrs"])
+    return int(meta["step"]), list(saved["losses"]), list(saved["lrs"])
 
 
 def read_state(path: Path) -> dict:
@@ -117,12 +123,8 @@ def save_checkpoint(
     work_dir: Path,
     step: int,
     cfg: FinetuneConfig,
+    state: TrainingState,
     *,
-    trainable: dict[str, torch.nn.Parameter],
-    optimizer,
-    lr_scheduler,
-    scaler,
-    ema,
     losses: list[float],
     lrs: list[float],
 ) -> Path:
@@ -134,17 +136,17 @@ def save_checkpoint(
     target = folder / f"checkpoint-{step:06d}"
     with atomic_path(target) as tmp:
         tmp.mkdir(parents=True)
-        state = {
-            "trainable": {name: p.detach().cpu().clone() for name, p in trainable.items()},
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "ema": ema.state_dict() if ema is not None else None,
+        saved = {
+            "trainable": {name: p.detach().cpu().clone() for name, p in state.trainable.items()},
+            "optimizer": state.optimizer.state_dict(),
+            "lr_scheduler": state.lr_scheduler.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+            "ema": state.ema.state_dict() if state.ema is not None else None,
             "losses": list(losses),
             "lrs": list(lrs),
         }
         with open(tmp / "state.pt", "wb") as f:  # a Python file: a full disk is an OSError
-            torch.save(state, f)
+            torch.save(saved, f)
         meta = {
             "method": cfg.method,
             "step": step,

@@ -28,6 +28,7 @@ from lymphaug.common.config import FinetuneConfig
 from lymphaug.common.errors import LymphaugError
 from lymphaug.diffusion.checkpoints import (
     CheckpointError,
+    TrainingState,
     UnreadableCheckpoint,
     checkpoints_newest_first,
     load_checkpoint,
@@ -257,6 +258,13 @@ def train_unet(
     labels = torch.tensor(data.labels)
 
     # Resume: restore weights, optimizer, scheduler, scaler, EMA and the curve so far
+    state = TrainingState(
+        trainable=trainable,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        scaler=accelerator.scaler,
+        ema=ema,
+    )
     result = TrainResult(mixed_precision=mixed_precision)
     start = 0
     # (the newest intact checkpoint: a truncated or missing one falls back to the one before)
@@ -266,15 +274,7 @@ def train_unet(
         candidates = checkpoints_newest_first(work_dir) if resume else []
     for k, checkpoint in enumerate(candidates):
         try:
-            start, result.losses, result.lrs = load_checkpoint(
-                checkpoint,
-                cfg,
-                trainable=trainable,
-                optimizer=optimizer,
-                lr_scheduler=lr_scheduler,
-                scaler=accelerator.scaler,
-                ema=ema,
-            )
+            start, result.losses, result.lrs = load_checkpoint(checkpoint, cfg, state)
         except UnreadableCheckpoint as err:
             if resume_from:
                 raise CheckpointError(
@@ -388,18 +388,7 @@ def train_unet(
                 on_step(done, step_loss, lr)
             # Save a checkpoint (not after the last step: the finished model is saved instead)
             if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
-                save_checkpoint(
-                    work_dir,
-                    done,
-                    cfg,
-                    trainable=trainable,
-                    optimizer=optimizer,
-                    lr_scheduler=lr_scheduler,
-                    scaler=accelerator.scaler,
-                    ema=ema,
-                    losses=result.losses,
-                    lrs=result.lrs,
-                )
+                save_checkpoint(work_dir, done, cfg, state, losses=result.losses, lrs=result.lrs)
             # Sample a validation grid of every class
             if on_validation and done % cfg.validation_every == 0:
                 grid = _validate(
