@@ -311,31 +311,16 @@ def generate(
     generated rather than after.
     """
     with exclusive(lock_path(layout.work / "generate"), "lymphaug generate"):
-        return _tracked(
-            params, layout, resume=resume, track=track, on_image=on_image, device=device
-        )
+        if not track:
+            return _generate(
+                params, layout, resume=resume, on_image=on_image, device=device, run_id=None
+            )
+        from lymphaug.diffusion.track import child_run
 
-
-def _tracked(
-    params: Params,
-    layout: Layout,
-    *,
-    resume: bool,
-    track: bool,
-    on_image: Callable[[Job], None] | None,
-    device: str | None,
-) -> dict:
-    """The stage inside its MLflow child run (or none with ``track=False``)."""
-    if not track:
-        return _generate(
-            params, layout, resume=resume, on_image=on_image, device=device, run_id=None
-        )
-    from lymphaug.diffusion.track import child_run
-
-    with child_run(params, layout.root, "generate") as run_id:
-        return _generate(
-            params, layout, resume=resume, on_image=on_image, device=device, run_id=run_id
-        )
+        with child_run(params, layout.root, "generate") as run_id:
+            return _generate(
+                params, layout, resume=resume, on_image=on_image, device=device, run_id=run_id
+            )
 
 
 def _generate(
