@@ -242,7 +242,8 @@ def patch_reference(items, cfg: TrainConfig, workers: int) -> tuple[int, float]:
     )
     seen, t0 = 0, None
     for x, y in loader:
-        loss = nnf.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+        with autocast(cfg.precision):  # the recipe's precision, as in the training loop
+            loss = nnf.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -281,7 +282,8 @@ def patch_model_alone(cfg: TrainConfig, steps: int) -> tuple[int, float]:
     y = torch.arange(cfg.batch_size) % 3
     seen, t0 = 0, None
     for _ in range(steps + 1):
-        loss = nnf.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+        with autocast(cfg.precision):
+            loss = nnf.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -296,7 +298,8 @@ def patch_recipe(items, args) -> None:
     cfg = patch_recipe_config()
     steps = len(items) * cfg.patches_per_image // cfg.batch_size
     print(
-        f"\nhistology recipe: {cfg.arch} width {cfg.width}, {cfg.patch_size} px patches of the "
+        f"\nhistology recipe: {cfg.arch} width {cfg.width} ({cfg.precision}), {cfg.patch_size} px "
+        f"patches of the "
         f"x{cfg.scale:g} images, {cfg.patches_per_image} per image, batch {cfg.batch_size}, "
         f"{len(items)} images = {steps} steps per epoch"
     )

@@ -17,7 +17,7 @@ from lymphaug.classifier.model import WeightsError, build_classifier, imagenet_w
 from lymphaug.classifier.transforms import eval_tensor, random_crops
 from lymphaug.common import manifest
 from lymphaug.common.errors import DataError, LeakageError
-from lymphaug.train import train_condition, write_outputs
+from lymphaug.train import note_slow_precision, train_condition, write_outputs
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +83,17 @@ def test_bf16_autocast_trains(base_splits, layout):
         root=layout.root,
     )
     assert len(out.fit.history) == 1 and 0 <= out.metrics["test_accuracy"] <= 1
+
+
+def test_bf16_note_only_where_bf16_is_emulated():
+    """bf16 on a CPU without native support is slower than fp32: the note says so, by key."""
+    cpu, native = torch.device("cpu"), torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert note_slow_precision("fp32", cpu) is None
+    assert note_slow_precision("bf16", torch.device("cuda", 0)) is None
+    note = note_slow_precision("bf16", cpu)
+    assert (note is None) == native
+    if note is not None:
+        assert "train.precision" in note and "fp32" in note
 
 
 def test_outputs_written(base_splits, layout, tmp_path):
