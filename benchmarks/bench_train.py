@@ -262,7 +262,7 @@ def patch_ours(items, cfg: TrainConfig) -> tuple[int, float]:
         decode([p for p, _ in items], scale=cfg.scale), torch.tensor([y for _, y in items]), []
     )
     model, opt = _patch_model(cfg)
-    total = cfg.epochs * steps_per_epoch(len(data), cfg)
+    total = cfg.epochs * steps_per_epoch(data, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: lr_factor(

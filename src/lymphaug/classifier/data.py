@@ -29,14 +29,24 @@ from lymphaug.common.paths import Layout
 
 @dataclass
 class ImageSet:
-    """Decoded images (uint8, CHW; sizes may differ) with integer labels."""
+    """Decoded images (uint8, CHW; sizes may differ) with integer labels.
+
+    A training set of the dct or synthetic condition lists the real images first and the
+    augmented ones after them: ``n_real`` says where the real ones end (None: all real),
+    so that a budget in real-image epochs can draw them in a chosen proportion.
+    """
 
     images: list[torch.Tensor]
     labels: torch.Tensor
     paths: list[str]
+    n_real: int | None = None
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def real_count(self) -> int:
+        return len(self.images) if self.n_real is None else self.n_real
 
 
 @dataclass
@@ -152,6 +162,7 @@ def load_splits(condition: str, params: Params, layout: Layout) -> Splits:
             train.images + extra.images,
             torch.cat([train.labels, extra.labels]),
             train.paths + extra.paths,
+            n_real=len(train),
         )
         manifests[condition] = rows
     return Splits(train, real["val"], real["test"], manifests)

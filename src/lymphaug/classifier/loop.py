@@ -139,13 +139,40 @@ def lr_factor(step: int, *, total_steps: int, warmup_fraction: float, schedule: 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def samples_per_epoch(n_images: int, cfg: TrainConfig) -> int:
-    """Training samples an epoch draws: every image ``patches_per_image`` times."""
-    return n_images * cfg.patches_per_image
+def samples_per_epoch(data: ImageSet, cfg: TrainConfig) -> int:
+    """Training samples an epoch draws, ``patches_per_image`` per image it counts.
+
+    ``budget: epochs`` counts every training image, augmented ones included (the study:
+    a condition with three times the images gets three times the steps);
+    ``budget: real_epochs`` counts the real images only, so every condition gets the
+    same number of optimiser steps.
+    """
+    counted = data.real_count if cfg.budget == "real_epochs" else len(data)
+    return counted * cfg.patches_per_image
 
 
-def steps_per_epoch(n_images: int, cfg: TrainConfig) -> int:
-    return math.ceil(samples_per_epoch(n_images, cfg) / cfg.batch_size)
+def steps_per_epoch(data: ImageSet, cfg: TrainConfig) -> int:
+    return math.ceil(samples_per_epoch(data, cfg) / cfg.batch_size)
+
+
+def epoch_order(data: ImageSet, cfg: TrainConfig, generator: torch.Generator) -> list[int]:
+    """The image index of each sample of one epoch, shuffled with the run's generator.
+
+    ``budget: epochs``, or a set of real images only: a permutation of every image
+    ``patches_per_image`` times. ``budget: real_epochs`` with augmented images: the real
+    images' permutation, each sample replaced with probability ``augmented_fraction`` by an
+    augmented image drawn uniformly (DA-Fusion's scheme), so the epoch length and the
+    share of augmented images do not depend on how many augmented images there are.
+    """
+    n_samples = samples_per_epoch(data, cfg)
+    n_real, n_extra = data.real_count, len(data) - data.real_count
+    if cfg.budget == "epochs" or n_extra == 0:
+        counted = len(data) if cfg.budget == "epochs" else n_real
+        return (torch.randperm(n_samples, generator=generator) % counted).tolist()
+    real = torch.randperm(n_samples, generator=generator) % n_real
+    swap = torch.rand(n_samples, generator=generator) < cfg.augmented_fraction
+    extra = n_real + torch.randint(n_extra, (n_samples,), generator=generator)
+    return torch.where(swap, extra, real).tolist()
 
 
 def _trained(model: Classifier, frozen: bool) -> torch.nn.Module:
@@ -214,10 +241,9 @@ def _train_epoch(
     rank, world_size = world()
     device = device_of(model)
     model.train()
-    # Shuffle the training samples (each image patches_per_image times) with the run's own
-    # generator: resumable, and the same on every rank
-    n_samples = samples_per_epoch(len(data), cfg)
-    order = (torch.randperm(n_samples, generator=generator) % len(data)).tolist()
+    # Shuffle the training samples (patches_per_image per image, augmented images mixed in
+    # as the budget says) with the run's own generator: resumable, the same on every rank
+    order = epoch_order(data, cfg, generator)
     augment = PatchAugment(
         dihedral=cfg.dihedral,
         hed_sigma=cfg.hed_jitter,
@@ -322,7 +348,7 @@ def fit(
     trained = _trained(model, frozen)
     optimizer = make_optimizer(list(trained.named_parameters()), cfg)
     # Warm-up and decay per optimiser step over the whole run (epochs x steps per epoch)
-    total_steps = cfg.epochs * steps_per_epoch(len(train), cfg)
+    total_steps = cfg.epochs * steps_per_epoch(train, cfg)
 
     def factor(step: int) -> float:
         return lr_factor(

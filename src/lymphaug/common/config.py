@@ -206,6 +206,19 @@ class TrainConfig(Section):
     saturation: float = Field(0.0, ge=0, lt=1, description="factor U(1-x, 1+x)")
     batch_size: int = Field(16, ge=1)
     epochs: int = Field(5, ge=1)
+    budget: Literal["epochs", "real_epochs"] = Field(
+        "epochs",
+        description="epochs: each epoch passes over every training image, augmented ones "
+        "included (the study: more images, more steps); real_epochs: each epoch has the real "
+        "images' number of samples in every condition (equal optimiser steps)",
+    )
+    augmented_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="budget real_epochs: probability that a sample is an augmented image "
+        "(DCT or synthetic) instead of a real one (DA-Fusion: 0.5)",
+    )
     optimizer: Literal["adam", "adamw"] = Field(
         "adam", description="adamw: decoupled weight decay, none on norms and biases"
     )
