@@ -161,6 +161,10 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch):
     assert "- **dct**: +22.2 points, 95% CI [" in text
     assert "3 seeds x 6 test images" in text
     assert "zero_method='pratt'" in text and "exact binomial" in text
+    # the power line: what 3 seeds x 6 images could have resolved, from the observed spread
+    assert "What this design can resolve" in text
+    assert "- dct: paired t-test over seeds (3 seeds): differences of " in text
+    assert "McNemar over (seed, image) pairs (18 pairs)" in text
     for png in ("val_accuracy", "test_accuracy", "confusion_matrices", "nearest_pairs"):
         assert f"](compare/{png}.png)" in text
         assert (root / f"reports/compare/{png}.png").stat().st_size > 1000
@@ -170,6 +174,7 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch):
     m = json.loads((root / "reports/metrics.json").read_text())
     assert m["n_seeds"] == 3 and m["n_test_images"] == 6
     assert m["vs_base"]["dct"]["accuracy_diff"] == pytest.approx(4 / 18)
+    assert m["vs_base"]["dct"]["mde_paired_t"] > m["vs_base"]["dct"]["accuracy_diff"] / 2
     assert m["synthetic_quality"]["near_copies"] == 1
     assert m["synthetic_quality"]["extractor"] == "classifier"
 

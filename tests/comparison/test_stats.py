@@ -156,3 +156,42 @@ def test_verdict_lines():
     assert "significant at 0.05 (better than base)" in stats.verdict(
         sig, None, alpha=0.05, n_test_images=75
     )
+
+
+def test_paired_t_mde_has_the_stated_power_by_simulation():
+    """Differences drawn at the stated MDE are detected ~80% of the time, as promised."""
+    rng = np.random.default_rng(0)
+    n, sd = 5, 0.02
+    observed = rng.normal(0, 1, n)
+    observed = (observed - observed.mean()) / observed.std(ddof=1) * sd  # sample sd exactly sd
+    power = stats.paired_t_mde(observed, alpha=0.05)
+    assert power.units == 5 and power.mde is not None and 0.02 < power.mde < 0.05
+    draws = rng.normal(power.mde, sd, size=(20000, n))
+    t = draws.mean(1) / (draws.std(1, ddof=1) / np.sqrt(n))
+    rejected = np.abs(t) > ss.t.ppf(0.975, n - 1)
+    assert abs(rejected.mean() - 0.8) < 0.015
+    # more seeds resolve smaller differences; one seed or no spread cannot be sized
+    assert stats.paired_t_mde(np.tile(observed, 4), alpha=0.05).mde < power.mde
+    assert stats.paired_t_mde(np.array([0.01]), alpha=0.05).mde is None
+    assert "no spread" in stats.paired_t_mde(np.array([0.01, 0.01]), alpha=0.05).note
+
+
+def test_mcnemar_mde_has_about_the_stated_power_by_simulation():
+    rng = np.random.default_rng(1)
+    n_pairs, n_discordant = 150, 30
+    power = stats.mcnemar_mde(n_pairs, n_discordant, alpha=0.05)
+    assert power.mde is not None and 0.05 < power.mde < 0.2
+    p_d, d = n_discordant / n_pairs, power.mde
+    p_b, p_c = (p_d - d) / 2, (p_d + d) / 2  # base right only / other right only
+    hits = 0
+    for _ in range(2000):
+        u = rng.random(n_pairs)
+        base = ~((u >= p_b) & (u < p_b + p_c))  # wrong where the other alone is right
+        other = ~(u < p_b)
+        hits += stats.mcnemar(base, other).p < 0.05
+    # the normal approximation, against the continuity-corrected / exact test: close
+    assert 0.7 < hits / 2000 < 0.88
+    assert stats.mcnemar_mde(150, 0, alpha=0.05).mde is None
+    assert "too few pairs" in stats.mcnemar_mde(4, 1, alpha=0.05).note
+    line = stats.power_line(power)
+    assert "McNemar" in line and "80% power" in line and "20.0%" in line

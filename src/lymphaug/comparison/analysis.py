@@ -37,6 +37,7 @@ class Analysis:
     per_seed: dict[str, dict[str, list[float]]]  # condition -> metric -> values
     comparisons: dict[str, dict[str, stats.Comparison]]  # condition -> metric -> vs base
     mcnemar: dict[str, stats.McNemar]
+    power: dict[str, list[stats.Power]]  # condition -> smallest detectable differences
     verdicts: dict[str, str]  # condition -> accuracy verdict line
     f1_verdicts: dict[str, str]
     confusion: dict[str, np.ndarray]  # summed over seeds
@@ -66,6 +67,7 @@ def analyse(runs: dict[str, list[RunResult]], classes: list[str], cfg: CompareCo
     }
     comparisons: dict[str, dict[str, stats.Comparison]] = {}
     mcnemar: dict[str, stats.McNemar] = {}
+    power: dict[str, list[stats.Power]] = {}
     verdicts, f1_verdicts = {}, {}
     n_test = len(runs[conditions[0]][0].paths)
     if "base" in runs:
@@ -90,6 +92,16 @@ def analyse(runs: dict[str, list[RunResult]], classes: list[str], cfg: CompareCo
                 np.concatenate([run.correct for run in base_runs]),
                 np.concatenate([run.correct for run in runs[condition]]),
             )
+            # what this design could have detected, from the spread it observed
+            mc = mcnemar[condition]
+            power[condition] = [
+                stats.paired_t_mde(
+                    np.array(per_seed[condition]["accuracy"])
+                    - np.array(per_seed["base"]["accuracy"]),
+                    alpha=cfg.alpha,
+                ),
+                stats.mcnemar_mde(mc.n_pairs, mc.b + mc.c, alpha=cfg.alpha),
+            ]
             verdicts[condition] = stats.verdict(
                 comparisons[condition]["accuracy"],
                 mcnemar[condition],
@@ -112,6 +124,7 @@ def analyse(runs: dict[str, list[RunResult]], classes: list[str], cfg: CompareCo
         per_seed=per_seed,
         comparisons=comparisons,
         mcnemar=mcnemar,
+        power=power,
         verdicts=verdicts,
         f1_verdicts=f1_verdicts,
         confusion=confusion,
@@ -156,6 +169,8 @@ def metrics_dict(analysis: Analysis, quality: QualityReport | None) -> dict:
             "cohens_dz": _num(acc.dz),
             "mcnemar_odds_ratio": _num(mcn.odds_ratio),
             "significant": bool(acc.t.p is not None and acc.t.p < analysis.alpha),
+            "mde_paired_t": _num(analysis.power[condition][0].mde),
+            "mde_mcnemar": _num(analysis.power[condition][1].mde),
         }
     if quality is not None:
         per_class = [row for row in quality.per_class if row.name != "all"]

@@ -111,6 +111,15 @@ def render(
     if analysis.f1_verdicts:
         lines += ["", "Macro-F1, same pairing (no McNemar: F1 is not a per-image outcome):", ""]
         lines += [f"- {condition}: {line}" for condition, line in analysis.f1_verdicts.items()]
+    if analysis.power:
+        lines += [
+            "",
+            "What this design can resolve (smallest true accuracy difference detected; a "
+            "difference smaller than this going undetected is not evidence of no effect):",
+            "",
+        ]
+        for condition, powers in analysis.power.items():
+            lines += [f"- {condition}: " + "; ".join(stats.power_line(p) for p in powers)]
 
     lines += [
         "",

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 #: McNemar: below this many discordant pairs use the exact binomial test.
 MCNEMAR_EXACT_BELOW = 25
@@ -252,6 +252,123 @@ def compare_paired(
         t=paired_t(base, other),
         wilcoxon=wilcoxon(base, other, alpha=alpha),
         dz=cohens_dz(base, other),
+    )
+
+
+#: The power the report's "smallest detectable difference" line is stated at.
+POWER = 0.8
+
+
+@dataclass(frozen=True, kw_only=True)
+class Power:
+    """The smallest true difference a test detects with probability ``power`` at ``alpha``.
+
+    ``mde`` is a fraction (accuracy points / 100), None with ``note`` saying why it cannot
+    be estimated. It rests on the spread this run observed (``basis``), so it is itself an
+    estimate: with few units it is a rough one, which is the point of printing it.
+    """
+
+    test: str
+    units: int
+    alpha: float
+    power: float
+    mde: float | None
+    basis: str
+    note: str = ""
+
+
+def paired_t_mde(diffs: np.ndarray, *, alpha: float, power: float = POWER) -> Power:
+    """Smallest mean difference a two-sided paired t-test detects, from the observed spread.
+
+    Exact under normal differences: the non-central t with n - 1 degrees of freedom and
+    non-centrality delta * sqrt(n) / sd (scipy.stats.nct), solved for delta.
+    """
+    diffs = np.asarray(diffs, dtype=np.float64)
+    n = int(diffs.size)
+    test = "paired t-test over seeds"
+    if n < 2:
+        return Power(
+            test=test,
+            units=n,
+            alpha=alpha,
+            power=power,
+            mde=None,
+            basis="",
+            note="needs at least two seeds",
+        )
+    sd = float(diffs.std(ddof=1))
+    basis = f"sd of the paired differences {100 * sd:.1f} points"
+    if sd == 0:
+        return Power(
+            test=test,
+            units=n,
+            alpha=alpha,
+            power=power,
+            mde=None,
+            basis=basis,
+            note="the differences do not vary: no spread to size a test on",
+        )
+    df = n - 1
+    t_crit = float(stats.t.ppf(1 - alpha / 2, df))
+
+    def shortfall(delta: float) -> float:
+        nc = delta * math.sqrt(n) / sd
+        return float(stats.nct.sf(t_crit, df, nc) + stats.nct.cdf(-t_crit, df, nc)) - power
+
+    high = sd
+    while shortfall(high) < 0:
+        high *= 2
+    delta = float(optimize.brentq(shortfall, 0.0, high, xtol=1e-6 * sd))
+    return Power(test=test, units=n, alpha=alpha, power=power, mde=delta, basis=basis)
+
+
+def mcnemar_mde(n_pairs: int, n_discordant: int, *, alpha: float, power: float = POWER) -> Power:
+    """Smallest accuracy difference McNemar's test detects over ``n_pairs`` paired images.
+
+    Normal approximation (Connor, 1987) at the observed discordance rate p_d:
+    sqrt(n) * d = z(1 - alpha/2) * sqrt(p_d) + z(power) * sqrt(p_d - d^2), solved for d.
+    """
+    test = "McNemar over (seed, image) pairs"
+    if n_pairs == 0 or n_discordant == 0:
+        return Power(
+            test=test,
+            units=n_pairs,
+            alpha=alpha,
+            power=power,
+            mde=None,
+            basis="",
+            note="no discordant pairs observed: no rate to size the test on",
+        )
+    p_d = n_discordant / n_pairs
+    basis = f"the two conditions disagree on {100 * p_d:.1f}% of the pairs"
+    z_a, z_b = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(power)
+
+    def shortfall(d: float) -> float:
+        return math.sqrt(n_pairs) * d - z_a * math.sqrt(p_d) - z_b * math.sqrt(p_d - d * d)
+
+    if shortfall(p_d) < 0:  # not even a one-sided sweep of every disagreement is detectable
+        return Power(
+            test=test,
+            units=n_pairs,
+            alpha=alpha,
+            power=power,
+            mde=None,
+            basis=basis,
+            note="too few pairs: no difference this small a set can show is detectable",
+        )
+    d = float(optimize.brentq(shortfall, 0.0, p_d, xtol=1e-9))
+    return Power(test=test, units=n_pairs, alpha=alpha, power=power, mde=d, basis=basis)
+
+
+def power_line(power: Power) -> str:
+    """One sentence: what the design can resolve, and what that estimate rests on."""
+    units = f"{power.units} {'seeds' if power.test.startswith('paired') else 'pairs'}"
+    if power.mde is None:
+        return f"{power.test} ({units}): smallest detectable difference unknown ({power.note})"
+    return (
+        f"{power.test} ({units}): differences of {100 * power.mde:.1f} points or more are "
+        f"detected with {100 * power.power:.0f}% power at alpha {power.alpha:g} "
+        f"({power.basis})"
     )
 
 
