@@ -323,8 +323,9 @@ def _metrics_lines(synthetic: SyntheticMetrics, quality: QualityReport) -> list[
         "",
         "FID: Fréchet distance between Gaussians fitted to the real training and synthetic "
         "features (exact, computed in the images' span). KID: unbiased polynomial-kernel MMD², "
-        "averaged over 100 seeded subsets of the size shown (at most the smaller set); it can "
-        "be slightly negative when the sets match. With a few dozen images per class both "
+        "averaged over 100 seeded subsets of the size shown (at most the smaller set); for "
+        "two sets from one distribution it scatters around 0, negative down to about minus "
+        "the error scale F of the extractor check. With a few dozen images per class both "
         "are noisy: the real-vs-real columns (training vs validation images of the class) show "
         "what two real sets of this size score.",
         "",
