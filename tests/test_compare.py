@@ -144,7 +144,7 @@ def repo(tmp_path_factory):
     return make_repo(tmp_path_factory.mktemp("repo"))
 
 
-def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch):
+def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -154,6 +154,8 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch):
     layout = Layout(root)
     params = _params(tmp_path, [0, 1, 2])
     assert compare.run(params, layout) == 0
+    out = capsys.readouterr().out
+    assert "  synthetic images: FID " in out and "x that of a real set of the same size" in out
 
     text = (root / "reports/report.md").read_text()
     assert text.startswith(

@@ -180,4 +180,19 @@ def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) 
     )
     for condition, line in analysis.verdicts.items():
         print(f"  {condition} vs base: {line}")
+    print(f"  synthetic images: {quality_summary(metrics.get('synthetic_quality'))}")
     return 0
+
+
+def quality_summary(quality: dict | None) -> str:
+    """The synthetic section in one line, from metrics.json's view of it."""
+    if quality is None:
+        return "not assessed (see the report)"
+    if not quality["extractor_valid"]:
+        return (
+            f"no image metrics: the feature extractor ({quality['extractor']}) fails its "
+            "check on real images (see the report)"
+        )
+    ratio = quality["fid_ratio_to_real"]
+    far = "" if ratio is None else f"FID {ratio:.1f}x that of a real set of the same size, "
+    return f"{far}{quality['near_copies']} near copies"

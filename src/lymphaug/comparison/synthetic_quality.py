@@ -141,22 +141,28 @@ def same_size_fid(real: np.ndarray, other: np.ndarray, *, size: int, seed: int) 
 
 
 def how_far(
-    *, train: np.ndarray, val: np.ndarray, held_out: np.ndarray, synthetic: np.ndarray, seed: int
+    *,
+    train: np.ndarray,
+    val: np.ndarray,
+    synthetic: np.ndarray,
+    synthetic_nn: np.ndarray,
+    held_out_nn: np.ndarray,
+    seed: int,
 ) -> HowFar | None:
-    """Synthetic vs real validation images, as many of each, against the training images."""
+    """Synthetic vs real validation images, as many of each, against the training images.
+
+    ``synthetic_nn``, ``held_out_nn``: each synthetic / real held-out image's distance to
+    its nearest training image.
+    """
     size = min(len(val), len(synthetic))
-    if size < 2 or len(train) < 2:
+    if size < 2 or len(train) < 2 or not len(held_out_nn):
         return None
     return HowFar(
         size=size,
         fid_synthetic=same_size_fid(train, synthetic, size=size, seed=seed),
         fid_real=same_size_fid(train, val, size=size, seed=seed),
-        nn_synthetic=float(
-            np.median([n.distance for n in image_metrics.nearest_training(synthetic, train)])
-        ),
-        nn_real=float(
-            np.median([n.distance for n in image_metrics.nearest_training(held_out, train)])
-        ),
+        nn_synthetic=float(np.median(synthetic_nn)),
+        nn_real=float(np.median(held_out_nn)),
     )
 
 
@@ -311,7 +317,14 @@ def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -
     real_nn = image_metrics.real_nn_distances(f_tr) if len(f_tr) >= 2 else np.array([np.nan])
     report.metrics = SyntheticMetrics(
         per_class=rows,
-        how_far=how_far(train=f_tr, val=f_val, held_out=f_held_out, synthetic=f_syn, seed=cfg.seed),
+        how_far=how_far(
+            train=f_tr,
+            val=f_val,
+            synthetic=f_syn,
+            synthetic_nn=np.array([n.distance for n in neighbours]),
+            held_out_nn=held_out_nn,
+            seed=cfg.seed,
+        ),
         tstr_accuracy=tstr,
         distances=distances,
         real_nn_median=float(np.median(real_nn)),
