@@ -144,7 +144,7 @@ def repo(tmp_path_factory):
     return make_repo(tmp_path_factory.mktemp("repo"))
 
 
-def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch):
+def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -154,9 +154,19 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch):
     layout = Layout(root)
     params = _params(tmp_path, [0, 1, 2])
     assert compare.run(params, layout) == 0
+    out = capsys.readouterr().out
+    assert "  synthetic images: FID " in out and "x that of a real set of the same size" in out
 
     text = (root / "reports/report.md").read_text()
-    assert "**3 seeds** (0, 1, 2)" in text and "**6 real test images**" in text
+    assert text.startswith(
+        "# Does augmentation help? Comparison report\n\n"
+        "- **Data**: the **generated sample set, not lymphoma data**"
+    )
+    assert "data/raw has no manifest.csv, so what it holds was not checked" in text
+    assert "- **Synthetic images**: diffusion base `tiny`: **random weights**" in text
+    assert "**the synthetic images are noise by construction**" in text
+    assert "- **Classifier**: `mobilenet_v3_small` (weights `none`" in text
+    assert "**3 seeds** (0, 1, 2)" in text and "**6 sample-set test images**" in text
     assert "the exact Wilcoxon test cannot reach p < 0.05" in text
     assert "- **dct**: +22.2 points, 95% CI [" in text
     assert "3 seeds x 6 test images" in text
@@ -169,6 +179,9 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch):
         assert f"](compare/{png}.png)" in text
         assert (root / f"reports/compare/{png}.png").stat().st_size > 1000
     assert "Feature extractor: **the `base` classifier of seed 0" in text
+    # synthetic images drawn like the real ones, with a validated extractor
+    assert "it passes every check" in text
+    assert "The synthetic set is about as close to the training images as real images" in text
     assert "| syn_0.png" not in text and "| FL/syn_0.png | FL/fl_2.png | 0.0000 | no |" in text
 
     m = json.loads((root / "reports/metrics.json").read_text())
@@ -177,6 +190,8 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch):
     assert m["vs_base"]["dct"]["mde_paired_t"] > m["vs_base"]["dct"]["accuracy_diff"] / 2
     assert m["synthetic_quality"]["near_copies"] == 1
     assert m["synthetic_quality"]["extractor"] == "classifier"
+    assert m["synthetic_quality"]["extractor_valid"] is True
+    assert m["synthetic_quality"]["fid_ratio_to_real"] < 1.5
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs(
@@ -287,3 +302,58 @@ def test_named_imagenet_extractor_without_cached_weights_is_refused(repo, tmp_pa
     assert ex.name == "classifier" and "no ImageNet Inception or AlexNet" in ex.description
     with pytest.raises(DataError, match="no base classifier weights in .*seed_7"):
         features.choose("classifier", repo, train_cfg=cheap, n_classes=3, seed=7)
+
+
+# The two ways the synthetic section used to mislead (issue 15): noise reported as near
+# copies, and numbers printed from an extractor that cannot tell images apart.
+SYNTHETIC_NUMBERS = ("How far", "| class | real train", "Train on synthetic", "Near copies")
+
+
+def test_noise_is_called_far_from_the_real_images(repo, tmp_path):
+    """Valid extractor, uniform-noise synthetic images: far, and not one near copy."""
+    root = tmp_path / "r"
+    shutil.copytree(repo.root, root)
+    rng = np.random.default_rng(1)
+    for png in sorted((root / "data/synthetic").rglob("*.png")):
+        save_png(rng.integers(0, 256, size=(48, 56, 3), dtype=np.uint8), png)
+    compare.produce(_params(tmp_path, [0, 1, 2], near_copy_threshold=0.05), Layout(root))
+    text = (root / "reports/report.md").read_text()
+    assert "it passes every check" in text
+    assert "The synthetic set is **far from the real images** (at least 3x" in text
+    assert "Near copies (distance < 0.05): **0** of 9: the set is far from the real images" in text
+    m = json.loads((root / "reports/metrics.json").read_text())["synthetic_quality"]
+    assert m["extractor_valid"] is True and m["near_copies"] == 0
+    assert m["fid_ratio_to_real"] >= 3
+    distances = pd.read_csv(root / "reports/compare/nearest_training.csv")
+    assert len(distances) == 9 and not distances["near_copy"].any()
+
+
+def _collapse(state: dict, *, rank: int) -> dict:
+    """mobilenet_v3_small's penultimate linear layer with its weights cut to ``rank``
+    (0: the features are constant, whatever the image; 1: they vary along one line)."""
+    weight = state["classifier.0.weight"]
+    u, s, vh = torch.linalg.svd(weight, full_matrices=False)
+    state["classifier.0.weight"] = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    return state
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_collapsed_extractor_prints_no_image_metrics(repo, tmp_path, rank):
+    """A classifier whose features collapse: the report says why, and gives no numbers."""
+    root = tmp_path / "r"
+    shutil.copytree(repo.root, root)
+    model = root / "models/base/seed_0/model.pt"
+    torch.save(_collapse(torch.load(model, weights_only=True), rank=rank), model)
+    compare.produce(_params(tmp_path, [0, 1, 2]), Layout(root))
+    text = (root / "reports/report.md").read_text()
+    assert "**The image metrics cannot be computed with this extractor**: it fails" in text
+    assert "| features not collapsed | effective rank 0.00 | >= 2 | **fail** |" in text or (
+        rank == 1 and "| features not collapsed | effective rank 1.00 | >= 2 | **fail** |" in text
+    )
+    section = text.split("## Synthetic images", 1)[1]
+    assert [s for s in SYNTHETIC_NUMBERS if s in section] == []
+    assert "FID " not in section.split("**The image metrics cannot be computed")[0]
+    m = json.loads((root / "reports/metrics.json").read_text())["synthetic_quality"]
+    assert m["extractor_valid"] is False
+    assert {"fid", "kid", "tstr_accuracy", "near_copies"} & set(m) == set()
+    assert (root / "reports/compare/nearest_training.csv").read_text().count("\n") == 1

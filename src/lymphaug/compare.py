@@ -31,7 +31,7 @@ from lymphaug.comparison.analysis import Analysis, analyse, flat_metrics, metric
 from lymphaug.comparison.results import RunResult
 
 if TYPE_CHECKING:  # annotations only: synthetic_quality is imported lazily (torch)
-    from lymphaug.comparison.synthetic_quality import QualityReport
+    from lymphaug.comparison.synthetic_quality import QualityReport, SyntheticMetrics
 
 PLOTS_DIR = "compare"  # reports/compare/
 QUALITY_PLOTS = ("nearest_pairs.png",)
@@ -89,7 +89,7 @@ def _thumb(path: Path, size: int = 120) -> np.ndarray:
     return np.asarray(img)
 
 
-def quality_plots(quality: QualityReport, folder: Path) -> None:
+def quality_plots(quality: SyntheticMetrics, folder: Path) -> None:
     """The closest synthetic/training pairs. Real vs synthetic per class is the generate
     stage's contact sheet (reports/synthetic_contact_sheet.png), which the report embeds."""
     pairs = [
@@ -98,6 +98,17 @@ def quality_plots(quality: QualityReport, folder: Path) -> None:
     ]
     figures.pairs_sheet(pairs, folder / "nearest_pairs.png")
     quality.distances.to_csv(folder / "nearest_training.csv", index=False, lineterminator="\n")
+
+
+def not_assessed(quality: QualityReport | None, skipped: str) -> str:
+    """Why the synthetic metrics are absent ('' when they are there)."""
+    if quality is None:
+        return f"Synthetic-image quality not assessed: {skipped}"
+    if quality.metrics is None:
+        return "Image metrics cannot be computed with this feature extractor: " + "; ".join(
+            f"{c.name}: {c.measured}" for c in quality.validation.failures
+        )
+    return ""
 
 
 def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
@@ -119,13 +130,12 @@ def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
     with atomic_path(plot_dir) as tmp_dir:
         tmp_dir.mkdir(parents=True)
         write_plots(runs, analysis, tmp_dir, layout=layout)
-        if quality is not None:
-            quality_plots(quality, tmp_dir)
+        why_not = not_assessed(quality, quality_skipped)
+        if not why_not:
+            quality_plots(quality.metrics, tmp_dir)
         else:  # every declared output exists, saying why it is empty
             for name in QUALITY_PLOTS:
-                figures.placeholder(
-                    tmp_dir / name, f"Synthetic-image quality not assessed: {quality_skipped}"
-                )
+                figures.placeholder(tmp_dir / name, why_not)
             (tmp_dir / "nearest_training.csv").write_text(
                 "synthetic,class,nearest_training,cosine_distance,near_copy\n"
             )
@@ -170,4 +180,19 @@ def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) 
     )
     for condition, line in analysis.verdicts.items():
         print(f"  {condition} vs base: {line}")
+    print(f"  synthetic images: {quality_summary(metrics.get('synthetic_quality'))}")
     return 0
+
+
+def quality_summary(quality: dict | None) -> str:
+    """The synthetic section in one line, from metrics.json's view of it."""
+    if quality is None:
+        return "not assessed (see the report)"
+    if not quality["extractor_valid"]:
+        return (
+            f"no image metrics: the feature extractor ({quality['extractor']}) fails its "
+            "check on real images (see the report)"
+        )
+    ratio = quality["fid_ratio_to_real"]
+    far = "" if ratio is None else f"FID {ratio:.1f}x that of a real set of the same size, "
+    return f"{far}{quality['near_copies']} near copies"

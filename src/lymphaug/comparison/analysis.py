@@ -173,18 +173,31 @@ def metrics_dict(analysis: Analysis, quality: QualityReport | None) -> dict:
             "mde_mcnemar": _num(analysis.power[condition][1].mde),
         }
     if quality is not None:
-        per_class = [row for row in quality.per_class if row.name != "all"]
-        overall = next(row for row in quality.per_class if row.name == "all")
+        validation = quality.validation
         out["synthetic_quality"] = {
             "extractor": quality.extractor,
-            "fid": _num(overall.fid),
-            "kid": _num(overall.kid),
-            **{f"fid_{row.name}": _num(row.fid) for row in per_class},
-            **{f"kid_{row.name}": _num(row.kid) for row in per_class},
-            "tstr_accuracy": _num(quality.tstr_accuracy),
-            "trtr_accuracy": _num(quality.trtr_accuracy),
-            "near_copies": len(quality.near_copies),
+            "extractor_valid": validation.valid,
+            "extractor_probe_accuracy": _num(validation.probe_accuracy),
+            "extractor_test_accuracy": _num(validation.classifier_accuracy),
         }
+        if quality.metrics is not None:  # only with a validated extractor
+            synthetic = quality.metrics
+            per_class = [row for row in synthetic.per_class if row.name != "all"]
+            overall = next(row for row in synthetic.per_class if row.name == "all")
+            far = synthetic.how_far
+            out["synthetic_quality"].update(
+                {
+                    "fid": _num(overall.fid),
+                    "kid": _num(overall.kid),
+                    **{f"fid_{row.name}": _num(row.fid) for row in per_class},
+                    **{f"kid_{row.name}": _num(row.kid) for row in per_class},
+                    "fid_ratio_to_real": _num(far.fid_ratio if far else None),
+                    "nearest_ratio_to_real": _num(far.nn_ratio if far else None),
+                    "tstr_accuracy": _num(synthetic.tstr_accuracy),
+                    "trtr_accuracy": _num(validation.probe_accuracy),
+                    "near_copies": len(synthetic.near_copies),
+                }
+            )
     return out
 
 

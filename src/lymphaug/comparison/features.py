@@ -38,6 +38,7 @@ class Extractor:
     input_size: int
     # the classifier's own input pipeline (scale, crop/whole/grid views); None: ImageNet's
     train_cfg: TrainConfig | None = None
+    seed: int | None = None  # the `base` run it is (its test accuracy is stated beside it)
 
     def features(self, files: list[Path], batch: int = 32) -> np.ndarray:
         """Penultimate-layer features of each image, averaged over its evaluation views.
@@ -125,6 +126,7 @@ def choose(
                 model=model,
                 input_size=train_cfg.input_size,
                 train_cfg=train_cfg,
+                seed=seed,
             )
         cached = cached_imagenet_file(name)
         if cached is None:

@@ -1,7 +1,9 @@
 """reports/report.md: the comparison written for a person reading top to bottom.
 
-Order: what was run (so the reader can judge the power), the verdicts, the table,
-the tests and their choices, the figures, then the synthetic images' quality.
+Order: what it was run on (data, generator, classifier, profile: so a copy read out
+of context cannot pass for a result on lymphoma data), what was run (so the reader
+can judge the power), the verdicts, the table, the tests and their choices, the
+figures, then the synthetic images' quality, behind a check of the feature extractor.
 Figures are linked relatively (``compare/*.png``) so the report renders in a git
 forge, an editor preview, or as an MLflow artifact beside its plots folder.
 """
@@ -13,12 +15,12 @@ from typing import TYPE_CHECKING
 
 from lymphaug.common.config import Params
 from lymphaug.common.paths import Layout
-from lymphaug.comparison import stats
+from lymphaug.comparison import provenance, stats
 from lymphaug.comparison.stats import format_p
 
 if TYPE_CHECKING:  # for annotations only; never imported at run time
     from lymphaug.comparison.analysis import Analysis
-    from lymphaug.comparison.synthetic_quality import QualityReport
+    from lymphaug.comparison.synthetic_quality import HowFar, QualityReport, SyntheticMetrics
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -75,8 +77,15 @@ def render(
     else:
         pipeline = f"the study's {train.input_size} px crops of the whole image"
     seed_list = ", ".join(map(str, analysis.seeds))
+    facts = provenance.describe(params, layout)
+    noun = "sample-set" if facts.is_sample else "real"  # sample images are not real data
     lines = [
         "# Does augmentation help? Comparison report",
+        "",
+        f"- **Data**: {facts.data}.",
+        f"- **Synthetic images**: {facts.generator}.",
+        f"- **Classifier**: {facts.classifier}.",
+        f"- **Profile**: {facts.profile}.",
         "",
         "## What was run",
         "",
@@ -85,7 +94,7 @@ def render(
         f"{train.epochs} epochs, {pipeline}; the test-set numbers come from the "
         "epoch with the best validation accuracy.",
         f"- **{n_seeds} seed{'s' if n_seeds != 1 else ''}** ({seed_list}) "
-        f"per condition, each scored on the same **{n_test} real test images** "
+        f"per condition, each scored on the same **{n_test} {noun} test images** "
         f"({n_seeds * n_test} paired image predictions per comparison). Classes: "
         f"{', '.join(analysis.classes)}.",
         f"- One test image is {100 / n_test:.1f} accuracy points; significance level "
@@ -198,16 +207,24 @@ def render(
         "![Confusion matrices summed over seeds](compare/confusion_matrices.png)",
         "",
     ]
-    lines += _quality_section(quality, quality_skipped, layout)
+    lines += _quality_section(quality, quality_skipped, layout, is_sample=facts.is_sample)
     return "\n".join(lines) + "\n"
 
 
-def _quality_section(quality: QualityReport | None, skipped: str, layout: Layout) -> list[str]:
+def _quality_section(
+    quality: QualityReport | None, skipped: str, layout: Layout, *, is_sample: bool
+) -> list[str]:
     lines = ["## Synthetic images", ""]
     if (layout.reports / "synthetic_contact_sheet.png").is_file():
         lines += ["![Real vs synthetic contact sheet](synthetic_contact_sheet.png)", ""]
     if quality is None:
         return lines + [f"Quality not assessed: {skipped}", ""]
+    if is_sample:
+        lines += [
+            "Here *real* means the images of the generated sample set (not lymphoma data), "
+            "as opposed to the diffusion model's output.",
+            "",
+        ]
     lines += [
         f"Feature extractor: **{quality.extractor_description}**. FID/KID values from "
         "different extractors are not comparable with each other or with published FIDs."
@@ -218,38 +235,120 @@ def _quality_section(quality: QualityReport | None, skipped: str, layout: Layout
             else ""
         ),
         "",
+    ]
+    lines += _validation_lines(quality)
+    if quality.metrics is None:
+        failed = ", ".join(check.name for check in quality.validation.failures)
+        return lines + [
+            f"**The image metrics cannot be computed with this extractor**: it fails "
+            f'"{failed}" on real images alone. With features that do not tell real images '
+            "apart, a distance between image sets means nothing (coloured noise can land "
+            "nearer a training image than two real images are), so no FID, KID, "
+            "train-on-synthetic accuracy or near-copy count is given. A validated extractor: "
+            "ImageNet Inception-v3 or AlexNet weights in torchvision's cache "
+            "(`compare.feature_extractor: auto`, `inception` or `alexnet`).",
+            "",
+        ]
+    return lines + _metrics_lines(quality.metrics, quality)
+
+
+def _validation_lines(quality: QualityReport) -> list[str]:
+    """The extractor's checks on real images, with the rule each must meet."""
+    from lymphaug.comparison import extractor_check
+
+    validation = quality.validation
+    verdict = "passes every check" if validation.valid else "**fails**"
+    lines = [
+        f"Extractor check, on real images only, before any synthetic image is looked at: it "
+        f"{verdict} (rules: `{extractor_check.__name__}`).",
+        "",
+        "| check | measured | rule | result |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {check.name} | {check.measured} | {check.rule} | "
+        f"{'pass' if check.passed else '**fail**'} |"
+        for check in validation.checks
+    ]
+    own = (
+        f"the `base` classifier scores {_pct(validation.classifier_accuracy)}% on the "
+        f"{quality.n_test} test images; "
+        if validation.classifier_accuracy is not None
+        else ""
+    )
+    lines += [
+        "",
+        f"Its own accuracy (stated, not a rule): {own}a linear probe on its features "
+        f"(trained on the training images, scored on the {quality.n_test} test images) "
+        f"{_pct(validation.probe_accuracy)}%; chance is {100 / validation.n_classes:.1f}%.",
+        "",
+    ]
+    return lines
+
+
+def how_far_line(far: HowFar | None) -> str:
+    """The plain sentence: synthetic-to-real distance in units of real-to-real."""
+    from lymphaug.comparison.synthetic_quality import CLOSE_FACTOR, FAR_FACTOR, SAME_SIZE_SUBSETS
+
+    if far is None:
+        return "- How far from the real images: not measurable (a set with under two images)."
+    verdict = {
+        "far": f"**far from the real images** (at least {FAR_FACTOR:g}x a real set's FID)",
+        "farther": f"farther from the real images than real images are (under {FAR_FACTOR:g}x)",
+        "close": f"about as close to the training images as real images are (within "
+        f"{CLOSE_FACTOR:g}x)",
+    }[far.verdict]
+    return (
+        f"- **How far from the real images**: {far.fid_ratio:.1f}x as far as a real set of the "
+        f"same size: {far.size} synthetic images against the training images score FID "
+        f"{far.fid_synthetic:.4g}, {far.size} real validation images {far.fid_real:.4g} (mean of "
+        f"{SAME_SIZE_SUBSETS} seeded subsets); a synthetic image's nearest training image is a "
+        f"median {far.nn_synthetic:.3f} away (cosine), {far.nn_ratio:.1f}x the {far.nn_real:.3f}"
+        f" of a real held-out image. The synthetic set is {verdict}."
+    )
+
+
+def _metrics_lines(synthetic: SyntheticMetrics, quality: QualityReport) -> list[str]:
+    lines = [
+        how_far_line(synthetic.how_far),
+        "",
         "| class | real train | synthetic | FID | KID (± std over subsets) | subset | "
         "real-vs-real FID | real-vs-real KID |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in quality.per_class:
+    for row in synthetic.per_class:
         kid = "n/a" if row.kid is None else f"{row.kid:.4g} ± {row.kid_std:.3g}"
         lines.append(
             f"| {row.name} | {row.n_real} | {row.n_synthetic} | {_f(row.fid, '.4g')} | {kid} | "
             f"{row.kid_subset or 'n/a'} | {_f(row.fid_real_val, '.4g')} "
             f"| {_f(row.kid_real_val, '.4g')} |"
         )
+    far = synthetic.how_far is not None and synthetic.how_far.verdict == "far"
+    n_copies = len(synthetic.near_copies)
+    copies = f"**{n_copies}** of {len(synthetic.distances)}" + (
+        ": the set is far from the real images, not a copy of them" if far and not n_copies else ""
+    )
     lines += [
         "",
         "FID: Fréchet distance between Gaussians fitted to the real training and synthetic "
         "features (exact, computed in the images' span). KID: unbiased polynomial-kernel MMD², "
-        "averaged over 100 seeded subsets of the size shown (at most the smaller set); it can "
-        "be slightly negative when the sets match. With a few dozen images per class both "
+        "averaged over 100 seeded subsets of the size shown (at most the smaller set); for "
+        "two sets from one distribution it scatters around 0, negative down to about minus "
+        "the error scale F of the extractor check. With a few dozen images per class both "
         "are noisy: the real-vs-real columns (training vs validation images of the class) show "
         "what two real sets of this size score.",
         "",
-        f"- Train on synthetic, test on real (TSTR): **{_pct(quality.tstr_accuracy)}%** on "
+        f"- Train on synthetic, test on real (TSTR): **{_pct(synthetic.tstr_accuracy)}%** on "
         f"{quality.n_test} real test images; the same probe trained on the real training "
-        f"images (TRTR): {_pct(quality.trtr_accuracy)}%. Probe: multinomial logistic "
-        "regression (L-BFGS, L2) on the standardised extractor features; not the study's "
-        "classifier.",
+        f"images (TRTR): {_pct(quality.validation.probe_accuracy)}%. Probe: multinomial "
+        "logistic regression (L-BFGS, L2) on the standardised extractor features; not the "
+        "study's classifier.",
         f"- Memorisation: cosine distance (features centred by the training mean) from each "
         f"synthetic image to its nearest training image; real training images lie a median "
-        f"{quality.real_nn_median:.3f} from their nearest other training image. Near copies "
-        f"(distance < {quality.threshold:g}): **{len(quality.near_copies)}** of "
-        f"{len(quality.distances)}.",
+        f"{synthetic.real_nn_median:.3f} from their nearest other training image. Near copies "
+        f"(distance < {synthetic.threshold:g}): {copies}.",
     ]
-    if quality.near_copies:
+    if synthetic.near_copies:
         lines += [
             "",
             "| synthetic | nearest training | distance | its img2img source |",
@@ -258,7 +357,7 @@ def _quality_section(quality: QualityReport | None, skipped: str, layout: Layout
         lines += [
             f"| {copy.synthetic} | {copy.nearest} | {copy.distance:.4f} | "
             f"{'yes' if copy.same_as_source else 'no'} |"
-            for copy in quality.near_copies
+            for copy in synthetic.near_copies
         ]
     lines += [
         "",
