@@ -10,6 +10,7 @@ by the classifier package.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -171,6 +172,7 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     assert "- **dct**: +22.2 points, 95% CI [" in text
     assert "3 seeds x 6 test images" in text
     assert "zero_method='pratt'" in text and "exact binomial" in text
+    assert "- Budget: 5 epochs over each condition's whole training set" in text
     # the power line: what 3 seeds x 6 images could have resolved, from the observed spread
     assert "What this design can resolve" in text
     assert "- dct: paired t-test over seeds (3 seeds): differences of " in text
@@ -357,3 +359,28 @@ def test_collapsed_extractor_prints_no_image_metrics(repo, tmp_path, rank):
     assert m["extractor_valid"] is False
     assert {"fid", "kid", "tstr_accuracy", "near_copies"} & set(m) == set()
     assert (root / "reports/compare/nearest_training.csv").read_text().count("\n") == 1
+
+
+def test_budget_line_states_equal_steps_and_the_augmented_share(repo):
+    from lymphaug.comparison.report import budget_line
+
+    params = parse_params(
+        {
+            "classes": CLASSES,
+            "train": {
+                "patch_size": 16,
+                "patches_per_image": 4,
+                "batch_size": 8,
+                "epochs": 3,
+                "budget": "real_epochs",
+                "augmented_fraction": 0.25,
+            },
+        }
+    )
+    n_train = int((pd.read_csv(repo.split_csv)["split"] == "train").sum())
+    line = budget_line(params, repo, ["base", "dct", "synthetic"])
+    steps = 3 * math.ceil(n_train * 4 / 8)
+    assert line.startswith("the same in every condition (`train.budget: real_epochs`)")
+    assert f"= {steps} optimiser steps ({n_train} real training images x 4 samples" in line
+    assert "in `dct`, `synthetic` each sample is an augmented image with probability 0.25" in line
+    assert "augmented" not in budget_line(params, repo, ["base"])

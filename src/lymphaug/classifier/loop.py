@@ -151,8 +151,13 @@ def samples_per_epoch(data: ImageSet, cfg: TrainConfig) -> int:
     return counted * cfg.patches_per_image
 
 
+def steps_for_images(n_images: int, cfg: TrainConfig) -> int:
+    """Optimiser steps of one epoch that counts ``n_images`` images."""
+    return math.ceil(n_images * cfg.patches_per_image / cfg.batch_size)
+
+
 def steps_per_epoch(data: ImageSet, cfg: TrainConfig) -> int:
-    return math.ceil(samples_per_epoch(data, cfg) / cfg.batch_size)
+    return steps_for_images(samples_per_epoch(data, cfg) // cfg.patches_per_image, cfg)
 
 
 def epoch_order(data: ImageSet, cfg: TrainConfig, generator: torch.Generator) -> list[int]:

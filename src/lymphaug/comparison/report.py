@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from lymphaug.classifier.loop import steps_for_images
+from lymphaug.common import manifest
 from lymphaug.common.config import Params
 from lymphaug.common.paths import Layout
 from lymphaug.comparison import provenance, stats
@@ -41,6 +43,41 @@ def _summary_cell(summary: stats.Summary) -> str:
     return (
         f"{_pct(summary.mean)} ± {_pct(summary.std)} "
         f"[{_pct(summary.ci_low)}, {_pct(summary.ci_high)}]"
+    )
+
+
+def budget_line(params: Params, layout: Layout, conditions: list[str]) -> str:
+    """How many optimiser steps each condition got, so a reader can tell a fair comparison
+    (``train.budget: real_epochs``, equal steps) from the study's (``epochs``: more images,
+    more steps)."""
+    train = params.train
+    augmented = [c for c in conditions if c != "base"]
+    if train.budget == "epochs":
+        return (
+            f"{train.epochs} epochs over each condition's whole training set (`train.budget: "
+            "epochs`, the study's): a condition that adds images also gets more optimiser "
+            "steps, so a difference mixes the images' effect with the extra training."
+        )
+    n_real = None
+    if layout.split_csv.is_file():
+        split = manifest.read_table(layout.split_csv, manifest.SPLIT_COLUMNS)
+        n_real = int((split["split"] == "train").sum())
+    steps = (
+        f" = {train.epochs * steps_for_images(n_real, train)} "
+        f"optimiser steps ({n_real} real training images x {train.patches_per_image} "
+        f"samples, batch {train.batch_size})"
+        if n_real is not None
+        else ""
+    )
+    mixed = (
+        f"; in {', '.join(f'`{c}`' for c in augmented)} each sample is an augmented image "
+        f"with probability {train.augmented_fraction:g} instead of a real one"
+        if augmented
+        else ""
+    )
+    return (
+        f"the same in every condition (`train.budget: real_epochs`): {train.epochs} "
+        f"real-image epochs{steps}{mixed}."
     )
 
 
@@ -93,6 +130,7 @@ def render(
         f"(weights `{train.weights}`, {backbone}), "
         f"{train.epochs} epochs, {pipeline}; the test-set numbers come from the "
         "epoch with the best validation accuracy.",
+        f"- Budget: {budget_line(params, layout, analysis.conditions)}",
         f"- **{n_seeds} seed{'s' if n_seeds != 1 else ''}** ({seed_list}) "
         f"per condition, each scored on the same **{n_test} {noun} test images** "
         f"({n_seeds * n_test} paired image predictions per comparison). Classes: "
