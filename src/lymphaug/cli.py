@@ -16,6 +16,7 @@ from lymphaug.common.config import CONDITIONS, load_params
 from lymphaug.common.errors import LymphaugError
 from lymphaug.common.files import disk_full, is_disk_full
 from lymphaug.common.paths import Layout
+from lymphaug.common.quiet import quiet_diffusers, quiet_libraries
 
 # stage name -> (module, one-line help). Order = pipeline order.
 STAGES: dict[str, tuple[str, str]] = {
@@ -95,10 +96,13 @@ def _add_known_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module_name = STAGES[args.stage][0]
+    quiet_libraries()  # only the library messages a user cannot act on (common/quiet.py)
     try:
         if args.stage == "profile":
             return importlib.import_module(module_name).run(Path(args.params), args) or 0
         params = load_params(args.params)  # validate before paying for heavy imports
+        if args.stage in ("finetune", "generate"):
+            quiet_diffusers()
         module = importlib.import_module(module_name)
         return module.run(params, Layout(Path(args.root)), args) or 0
     except LymphaugError as err:

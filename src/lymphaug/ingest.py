@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from lymphaug.common import manifest
 from lymphaug.common.config import IngestConfig, Params
@@ -49,6 +48,7 @@ from lymphaug.common.files import atomic_path, remove_stale_temps, sha256_bytes,
 from lymphaug.common.images import decode_rgb, png_bytes
 from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.paths import Layout
+from lymphaug.common.progress import progress
 from lymphaug.sources import archive as archive_src
 from lymphaug.sources import mat as mat_src
 from lymphaug.sources.folder import find_class_root, output_names, scan_class_folders
@@ -125,7 +125,7 @@ def process(items: list[Item], out: Path, size: list[int] | None, workers: int) 
         (out / cls).mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = pool.map(lambda it: convert(it, out, size), items)
-        return list(tqdm(results, total=len(items), desc="ingest", unit="img", disable=None))
+        return list(progress(results, total=len(items), desc="ingest", unit="img"))
 
 
 def check_results(

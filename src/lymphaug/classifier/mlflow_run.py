@@ -11,8 +11,8 @@ after MLflow's retries, which the project bounds to seconds.
 from __future__ import annotations
 
 import time
-import warnings
 from contextlib import nullcontext
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -107,10 +107,17 @@ class ChildRun:
             mlflow.log_metrics(flat)
             for f in files:
                 mlflow.log_artifact(str(f))
-            example = np.zeros((1, 3, input_size, input_size), dtype=np.float32)
-            with warnings.catch_warnings():  # schema/export hints that say nothing about us
-                warnings.simplefilter("ignore", UserWarning)
-                mlflow.pytorch.log_model(model, name="model", input_example=example)
+            # Two images, not one: torch.export would fix the batch size to the example's
+            # ("dimension inputs[0].shape[0] 0/1 specialized") and the model would take one
+            # image at a time. The requirement is named, not inferred: inference fails on an
+            # exported program and warned "Encountered an unexpected error while inferring".
+            example = np.zeros((2, 3, input_size, input_size), dtype=np.float32)
+            mlflow.pytorch.log_model(
+                model,
+                name="model",
+                input_example=example,
+                pip_requirements=[f"torch=={metadata.version('torch')}"],
+            )
 
     def fail(self, *, server_down: bool = False) -> None:
         """Mark the run FAILED when the store still answers; never raise over the real error."""

@@ -15,7 +15,6 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -210,7 +209,7 @@ def log_dataset(df, *, path: Path, name: str, digest: str, context: str) -> None
     """Log a manifest as an MLflow dataset input of the active run (digest: its sha256)."""
     import mlflow
 
-    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a path
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(df, source=str(path), name=name, digest=digest[:36])
+    # (its two warnings, "source can be interpreted in multiple ways" and the integer-column
+    # schema hint, are silenced by common/quiet.py, which says why)
+    dataset = mlflow.data.from_pandas(df, source=str(path), name=name, digest=digest[:36])
     mlflow.log_input(dataset, context=context)
