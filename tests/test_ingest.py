@@ -812,3 +812,15 @@ def test_disk_full_while_writing_images_is_one_line(tmp_path, monkeypatch, capsy
         err,
     ), err
     assert not list((tmp_path / "data").iterdir())  # no .raw.*.tmp, no data/raw
+
+
+@pytest.mark.parametrize(
+    ("cfg", "key"),
+    [
+        ({"source": "folder", "folder": "no/such/folder"}, "ingest.folder = 'no/such/folder'"),
+        ({"source": "mat", "mat": {"path": "no/such.mat"}}, "ingest.mat.path = 'no/such.mat'"),
+    ],
+)
+def test_a_missing_input_names_its_key(tmp_path, cfg, key):
+    with pytest.raises(DataError, match=re.escape(key) + ": no (folder|file) at .*params.yaml"):
+        run_ingest(tmp_path, **cfg)

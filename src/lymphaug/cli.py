@@ -80,8 +80,18 @@ def _light(name: str) -> bool:
 def _add_known_arguments(name: str, p: argparse.ArgumentParser) -> None:
     """Arguments of heavy stages, declared here so --help does not import torch."""
     if name == "train":
-        p.add_argument("--condition", required=True, choices=CONDITIONS)
-        p.add_argument("--seed", required=True, type=int)
+        p.add_argument(
+            "--condition",
+            required=True,
+            choices=CONDITIONS,
+            help="training set: base (train split), dct (+ data/dct), synthetic (+ data/synthetic)",
+        )
+        p.add_argument(
+            "--seed",
+            required=True,
+            type=int,
+            help="seed of the initial weights, shuffles and crops (dvc.yaml: each train.seeds)",
+        )
         p.add_argument("--no-resume", action="store_true", help="ignore an earlier checkpoint")
     if name in ("finetune", "generate"):
         p.add_argument("--no-resume", action="store_true", help="ignore earlier progress")

@@ -267,6 +267,11 @@ def _run(params: Params, layout: Layout) -> int:
         if not cfg.folder:
             raise LymphaugError("ingest.source is folder but ingest.folder is not set")
         root = _local(cfg.folder, layout)
+        if not root.is_dir():
+            raise DataError(
+                f"ingest.folder = {cfg.folder!r}: no folder at {root}; set ingest.folder in "
+                "params.yaml to the folder holding one sub-folder per class"
+            )
         what = f"folder {cfg.folder}"
         df = ingest(folder_items(root, params.classes), layout, params=params, workers=workers)
     elif cfg.source == "archive":
@@ -298,7 +303,13 @@ def _run(params: Params, layout: Layout) -> int:
         if not cfg.mat.path:
             raise LymphaugError("ingest.source is mat but ingest.mat.path is not set")
         what = f"MATLAB file {cfg.mat.path} (fold {cfg.mat.fold})"
-        items, predefined = mat_items(_local(cfg.mat.path, layout), params)
+        mat_path = _local(cfg.mat.path, layout)
+        if not mat_path.is_file():
+            raise DataError(
+                f"ingest.mat.path = {cfg.mat.path!r}: no file at {mat_path}; set ingest.mat.path "
+                "in params.yaml to the benchmark's .mat file"
+            )
+        items, predefined = mat_items(mat_path, params)
         df = ingest(items, layout, params=params, workers=workers, predefined=predefined)
     counts = ", ".join(f"{c} {int((df['class'] == c).sum())}" for c in params.classes)
     print(
