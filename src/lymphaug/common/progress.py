@@ -76,7 +76,9 @@ def progress(
         file=_Lines(stream),
         disable=inner or not main_process,
         mininterval=LOG_INTERVAL_S,
-        maxinterval=LOG_INTERVAL_S,
+        # a fixed miniters keeps tqdm's monitor thread from forcing a redraw of a stale
+        # count between two timed lines (it only touches bars with dynamic miniters > 1)
+        miniters=1,
         ncols=80,
         ascii=True,
         **common,
