@@ -12,6 +12,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from lymphaug.common import tracking
 from lymphaug.common.config import CONDITIONS, load_params
 from lymphaug.common.errors import LymphaugError
 from lymphaug.common.files import disk_full, is_disk_full
@@ -48,6 +49,11 @@ STAGES: dict[str, tuple[str, str]] = {
         "write a params preset (e.g. 'paper') into params.yaml, so DVC tracks the real values",
     ),
 }
+
+
+# Stages whose MLflow child run the CLI opens (the others open their own, with metrics):
+# every stage that runs has a run, with the same param keys (tracking.all_params).
+TRACKED_BY_CLI = ("ingest", "split", "dct")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage in ("finetune", "generate"):
             quiet_diffusers()
         module = importlib.import_module(module_name)
+        if args.stage in TRACKED_BY_CLI:
+            with tracking.stage_run(params, Path(args.root), args.stage):
+                return module.run(params, Layout(Path(args.root)), args) or 0
         return module.run(params, Layout(Path(args.root)), args) or 0
     except LymphaugError as err:
         print(f"lymphaug {args.stage}: error: {err}", file=sys.stderr)

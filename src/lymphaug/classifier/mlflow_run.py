@@ -27,15 +27,23 @@ def run_name(condition: str, seed: int) -> str:
     return f"train {condition} seed={seed}"
 
 
+def model_name(condition: str, seed: int) -> str:
+    """The logged model's name: MLflow's models page lists six of them, not six "model"s."""
+    return f"classifier-{condition}-seed{seed}"
+
+
 class ChildRun:
     """The MLflow child run of one training stage execution."""
 
     def __init__(self, params: Params, layout: Layout, condition: str, seed: int) -> None:
+        self.condition, self.seed = condition, seed
         self.uri = tracking.tracking_uri(params.mlflow, layout.root)
         self.client, self.experiment_id = tracking.setup(params.mlflow, layout.root)
         with tracking.talking_to(self.uri, "creating the run"):
             key = tracking.pipeline_key(layout.root)
-            self.parent_id = tracking.parent_run_id(self.client, self.experiment_id, key)
+            self.parent_id = tracking.parent_run_id(
+                self.client, self.experiment_id, key, layout.root
+            )
             tags = tracking.run_tags(layout.root, {"condition": condition, "seed": str(seed)})
             self.run_id = tracking.fresh_child_run_id(
                 self.client, self.experiment_id, self.parent_id, run_name(condition, seed), tags
@@ -57,12 +65,8 @@ class ChildRun:
     def _log_setup(self, params: Params, *, condition: str, seed: int, manifests, tags) -> None:
         import mlflow
 
-        flat = {"condition": condition, "seed": str(seed), "classes": ",".join(params.classes)}
-        for section in ("train", "split", "dct"):
-            flat.update(tracking.flatten(section, getattr(params, section)))
-        if condition == "synthetic":
-            flat.update(tracking.flatten("generate", params.generate))
-            flat["finetune.base_model"] = params.finetune.base_model
+        # every section for every condition: the compare view has no "unknown" cells
+        flat = {"condition": condition, "seed": str(seed), **tracking.all_params(params)}
         with mlflow.start_run(run_id=self.run_id):
             mlflow.log_params(flat)
             mlflow.set_tags(tags)
@@ -114,7 +118,7 @@ class ChildRun:
             example = np.zeros((2, 3, input_size, input_size), dtype=np.float32)
             mlflow.pytorch.log_model(
                 model,
-                name="model",
+                name=model_name(self.condition, self.seed),
                 input_example=example,
                 pip_requirements=[f"torch=={metadata.version('torch')}"],
             )
