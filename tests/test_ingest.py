@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.output import without_progress
 from PIL import Image
 
 from lymphaug import ingest
@@ -804,7 +805,7 @@ def test_disk_full_while_writing_images_is_one_line(tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(Path, "write_bytes", write_to_a_full_disk)
     assert main(["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path), "ingest"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = without_progress(capsys.readouterr().err)
     assert len(err.splitlines()) == 1, err
     assert re.match(
         rf"lymphaug ingest: error: no space left on device writing {tmp_path}/data/raw/"
