@@ -290,7 +290,7 @@ def test_cli_bad_input_exits_2_with_one_line_message(tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("ingest: {source: folder, folder: src}\n")
     assert main(["--params", str(params), "--root", str(tmp_path), "ingest"]) == 2
-    err = capsys.readouterr().err
+    err = without_progress(capsys.readouterr().err)
     assert err.startswith("lymphaug ingest: error: 1 unreadable file(s)")
     assert "FL/notes.txt" in err and "Traceback" not in err
 
