@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fixtures.output import without_progress
 
 from lymphaug.augmentation.dct import (
     augment_dataset,
@@ -278,7 +279,7 @@ def test_disk_full_and_kill_leftovers(tmp_path, repo_root, monkeypatch, capsys):
     monkeypatch.setattr(Path, "write_bytes", write_to_a_full_disk)
     capsys.readouterr()
     assert main([*args, "dct"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = without_progress(capsys.readouterr().err)
     assert len(err.splitlines()) == 1, err
     assert re.match(
         rf"lymphaug dct: error: no space left on device writing {tmp_path}/data/dct/method\d/"

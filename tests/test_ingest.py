@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures.output import without_progress
 from PIL import Image
 
 from lymphaug import ingest
@@ -289,7 +290,7 @@ def test_cli_bad_input_exits_2_with_one_line_message(tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text("ingest: {source: folder, folder: src}\n")
     assert main(["--params", str(params), "--root", str(tmp_path), "ingest"]) == 2
-    err = capsys.readouterr().err
+    err = without_progress(capsys.readouterr().err)
     assert err.startswith("lymphaug ingest: error: 1 unreadable file(s)")
     assert "FL/notes.txt" in err and "Traceback" not in err
 
@@ -804,7 +805,7 @@ def test_disk_full_while_writing_images_is_one_line(tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(Path, "write_bytes", write_to_a_full_disk)
     assert main(["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path), "ingest"]) == 2
-    err = capsys.readouterr().err.strip()
+    err = without_progress(capsys.readouterr().err)
     assert len(err.splitlines()) == 1, err
     assert re.match(
         rf"lymphaug ingest: error: no space left on device writing {tmp_path}/data/raw/"
@@ -812,3 +813,15 @@ def test_disk_full_while_writing_images_is_one_line(tmp_path, monkeypatch, capsy
         err,
     ), err
     assert not list((tmp_path / "data").iterdir())  # no .raw.*.tmp, no data/raw
+
+
+@pytest.mark.parametrize(
+    ("cfg", "key"),
+    [
+        ({"source": "folder", "folder": "no/such/folder"}, "ingest.folder = 'no/such/folder'"),
+        ({"source": "mat", "mat": {"path": "no/such.mat"}}, "ingest.mat.path = 'no/such.mat'"),
+    ],
+)
+def test_a_missing_input_names_its_key(tmp_path, cfg, key):
+    with pytest.raises(DataError, match=re.escape(key) + ": no (folder|file) at .*params.yaml"):
+        run_ingest(tmp_path, **cfg)

@@ -12,10 +12,12 @@ import importlib
 import sys
 from pathlib import Path
 
+from lymphaug.common import tracking
 from lymphaug.common.config import CONDITIONS, load_params
 from lymphaug.common.errors import LymphaugError
 from lymphaug.common.files import disk_full, is_disk_full
 from lymphaug.common.paths import Layout
+from lymphaug.common.quiet import quiet_diffusers, quiet_libraries
 
 # stage name -> (module, one-line help). Order = pipeline order.
 STAGES: dict[str, tuple[str, str]] = {
@@ -49,6 +51,11 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
+# Stages whose MLflow child run the CLI opens (the others open their own, with metrics):
+# every stage that runs has a run, with the same param keys (tracking.all_params).
+TRACKED_BY_CLI = ("ingest", "split", "dct")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lymphaug",
@@ -79,8 +86,18 @@ def _light(name: str) -> bool:
 def _add_known_arguments(name: str, p: argparse.ArgumentParser) -> None:
     """Arguments of heavy stages, declared here so --help does not import torch."""
     if name == "train":
-        p.add_argument("--condition", required=True, choices=CONDITIONS)
-        p.add_argument("--seed", required=True, type=int)
+        p.add_argument(
+            "--condition",
+            required=True,
+            choices=CONDITIONS,
+            help="training set: base (train split), dct (+ data/dct), synthetic (+ data/synthetic)",
+        )
+        p.add_argument(
+            "--seed",
+            required=True,
+            type=int,
+            help="seed of the initial weights, shuffles and crops (dvc.yaml: each train.seeds)",
+        )
         p.add_argument("--no-resume", action="store_true", help="ignore an earlier checkpoint")
     if name in ("finetune", "generate"):
         p.add_argument("--no-resume", action="store_true", help="ignore earlier progress")
@@ -95,11 +112,17 @@ def _add_known_arguments(name: str, p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module_name = STAGES[args.stage][0]
+    quiet_libraries()  # only the library messages a user cannot act on (common/quiet.py)
     try:
         if args.stage == "profile":
             return importlib.import_module(module_name).run(Path(args.params), args) or 0
         params = load_params(args.params)  # validate before paying for heavy imports
+        if args.stage in ("finetune", "generate"):
+            quiet_diffusers()
         module = importlib.import_module(module_name)
+        if args.stage in TRACKED_BY_CLI:
+            with tracking.stage_run(params, Path(args.root), args.stage):
+                return module.run(params, Layout(Path(args.root)), args) or 0
         return module.run(params, Layout(Path(args.root)), args) or 0
     except LymphaugError as err:
         print(f"lymphaug {args.stage}: error: {err}", file=sys.stderr)

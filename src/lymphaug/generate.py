@@ -48,6 +48,7 @@ from lymphaug.common.manifest import (
     write_table,
 )
 from lymphaug.common.paths import Layout
+from lymphaug.common.progress import progress
 
 SHEET = "synthetic_contact_sheet.png"
 FINISHED = "finished.jsonl"  # beside the images: one {"path", "sha256"} line per written image
@@ -178,7 +179,6 @@ def generate_images(
     at the data set's ``size`` (width, height); img2img reads its sources from ``raw``.
     """
     import torch
-    from tqdm.auto import tqdm
 
     from lymphaug.diffusion.sampling import make_scheduler, resize
 
@@ -201,7 +201,7 @@ def generate_images(
     else:
         runner = pipe
     made = 0
-    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="generate", disable=None)
+    bar = progress(total=len(jobs), initial=len(jobs) - len(todo), desc="generate", unit="img")
     batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
     for batch in batches:
         # one prompt per call keeps the conditioning batch uniform; classes are contiguous

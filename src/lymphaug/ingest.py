@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from lymphaug.common import manifest
 from lymphaug.common.config import IngestConfig, Params
@@ -49,6 +48,7 @@ from lymphaug.common.files import atomic_path, remove_stale_temps, sha256_bytes,
 from lymphaug.common.images import decode_rgb, png_bytes
 from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.paths import Layout
+from lymphaug.common.progress import progress
 from lymphaug.sources import archive as archive_src
 from lymphaug.sources import mat as mat_src
 from lymphaug.sources.folder import find_class_root, output_names, scan_class_folders
@@ -125,7 +125,7 @@ def process(items: list[Item], out: Path, size: list[int] | None, workers: int) 
         (out / cls).mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = pool.map(lambda it: convert(it, out, size), items)
-        return list(tqdm(results, total=len(items), desc="ingest", unit="img", disable=None))
+        return list(progress(results, total=len(items), desc="ingest", unit="img"))
 
 
 def check_results(
@@ -267,6 +267,11 @@ def _run(params: Params, layout: Layout) -> int:
         if not cfg.folder:
             raise LymphaugError("ingest.source is folder but ingest.folder is not set")
         root = _local(cfg.folder, layout)
+        if not root.is_dir():
+            raise DataError(
+                f"ingest.folder = {cfg.folder!r}: no folder at {root}; set ingest.folder in "
+                "params.yaml to the folder holding one sub-folder per class"
+            )
         what = f"folder {cfg.folder}"
         df = ingest(folder_items(root, params.classes), layout, params=params, workers=workers)
     elif cfg.source == "archive":
@@ -298,7 +303,13 @@ def _run(params: Params, layout: Layout) -> int:
         if not cfg.mat.path:
             raise LymphaugError("ingest.source is mat but ingest.mat.path is not set")
         what = f"MATLAB file {cfg.mat.path} (fold {cfg.mat.fold})"
-        items, predefined = mat_items(_local(cfg.mat.path, layout), params)
+        mat_path = _local(cfg.mat.path, layout)
+        if not mat_path.is_file():
+            raise DataError(
+                f"ingest.mat.path = {cfg.mat.path!r}: no file at {mat_path}; set ingest.mat.path "
+                "in params.yaml to the benchmark's .mat file"
+            )
+        items, predefined = mat_items(mat_path, params)
         df = ingest(items, layout, params=params, workers=workers, predefined=predefined)
     counts = ", ".join(f"{c} {int((df['class'] == c).sum())}" for c in params.classes)
     print(

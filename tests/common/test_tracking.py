@@ -77,7 +77,17 @@ def test_sqlite_store_parent_children_curves_artifacts(tmp_path):
     assert "data.dct.sha256" in children["train dct seed=0"].data.tags
     assert (tmp_path / "mlartifacts").is_dir()  # artifacts beside the store, not in the cwd
     models = client.search_logged_models([exp.experiment_id])
-    assert len(models) >= 2
+    assert {"classifier-base-seed0", "classifier-dct-seed0"} <= {m.name for m in models}
+    # MLflow 3 opens the experiment on its training runs, not on an empty traces page
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert parents[0].info.run_name == "dvc repro @ unknown (test-p)"  # tmp_path: no git
+    # a data stage gets its child run too, with the same param keys as a training run
+    argv = ["--params", str(tmp_path / "params.yaml"), "--root", str(tmp_path), "split"]
+    assert main(argv) == 0
+    children = _children(client, exp.experiment_id)
+    split_keys = set(children["split"].data.params)
+    assert split_keys | {"condition", "seed"} == set(children["train base seed=0"].data.params)
+    assert {"finetune.base_model", "generate.mode", "ingest.source"} <= split_keys
     out = Layout(tmp_path)
     assert (out.train_report("dct", 0) / "metrics.json").is_file()
     assert (out.classifier("base", 0) / "model.pt").is_file()

@@ -40,13 +40,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.fft
-from tqdm import tqdm
 
 from lymphaug.common import manifest
 from lymphaug.common.config import DctConfig
 from lymphaug.common.errors import DataError
 from lymphaug.common.files import writing
 from lymphaug.common.images import png_bytes, read_rgb, to_uint8
+from lymphaug.common.progress import progress
 
 AXES = (1, 2)  # H, W of an (N, H, W, C) batch
 BATCH = 16  # images per transform call: ~1.6 MB each as float32 at 312 x 417
@@ -190,7 +190,7 @@ def augment_dataset(
 
     with (
         ThreadPoolExecutor(WORKERS) as pool,
-        tqdm(total=len(paths), desc="dct", unit="img", disable=None) as bar,
+        progress(total=len(paths), desc="dct", unit="img") as bar,
     ):
         chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
         decoding = [pool.submit(read_rgb, raw_root / p) for p in chunks[0]] if chunks else []

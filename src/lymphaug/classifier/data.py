@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from lymphaug.classifier.transforms import rescale
 from lymphaug.common import manifest
@@ -25,6 +24,7 @@ from lymphaug.common.config import CONDITIONS, Params
 from lymphaug.common.errors import DataError
 from lymphaug.common.images import read_rgb
 from lymphaug.common.paths import Layout
+from lymphaug.common.progress import progress
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Splits:
 def decode(paths: list[Path], desc: str = "decode", scale: float = 1.0) -> list[torch.Tensor]:
     """Decode each file once to a uint8 CHW tensor, rescaled by ``scale`` (train.scale)."""
     out = []
-    for p in tqdm(paths, desc=desc, disable=None, leave=False, unit="img"):
+    for p in progress(paths, desc=desc, unit="img", inner=True):
         image = torch.from_numpy(read_rgb(p).copy()).permute(2, 0, 1).contiguous()
         out.append(rescale(image, scale))
     return out

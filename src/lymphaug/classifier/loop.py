@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as nnf
-from tqdm import tqdm
 
 from lymphaug.classifier.data import ImageSet
 from lymphaug.classifier.evaluate import eval_views, predict_proba
@@ -36,6 +35,7 @@ from lymphaug.classifier.transforms import (
 from lymphaug.common.config import TrainConfig
 from lymphaug.common.errors import LymphaugError, one_line
 from lymphaug.common.files import atomic_path
+from lymphaug.common.progress import progress
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc")
@@ -258,11 +258,12 @@ def _train_epoch(
     )
     total, correct, seen = 0.0, 0, 0
     batches = range(0, len(order), cfg.batch_size)
-    bar = tqdm(
+    bar = progress(
         batches,
         desc=f"epoch {epoch}/{cfg.epochs}",
-        disable=None if rank == 0 else True,
-        leave=False,
+        unit="batch",
+        inner=True,
+        main_process=rank == 0,
     )
     for start in bar:
         batch_idx = order[start : start + cfg.batch_size]
@@ -396,6 +397,14 @@ def fit(
             if on_epoch:
                 on_epoch(row)
     resumed_from = start - 1
+    # One line per interval in a log, a live bar on a terminal: epochs, rate, ETA, val accuracy
+    epochs = progress(
+        total=cfg.epochs,
+        initial=resumed_from,
+        desc="train",
+        unit="epoch",
+        main_process=world()[0] == 0,
+    )
     for epoch in range(start, cfg.epochs + 1):
         # Train one epoch, then measure loss and accuracy on the validation images
         train_loss, train_acc = _train_epoch(
@@ -444,6 +453,10 @@ def fit(
         # Report the epoch (MLflow: step = epoch)
         if on_epoch:
             on_epoch(row)
+        epochs.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.3f}", refresh=False)
+        epochs.update()
         if stop_after_epoch is not None and epoch >= stop_after_epoch and epoch < cfg.epochs:
+            epochs.close()
             return FitResult(history, best_epoch, best_state, False, resumed_from)
+    epochs.close()
     return FitResult(history, best_epoch, best_state, True, resumed_from)

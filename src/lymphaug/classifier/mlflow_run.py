@@ -11,8 +11,8 @@ after MLflow's retries, which the project bounds to seconds.
 from __future__ import annotations
 
 import time
-import warnings
 from contextlib import nullcontext
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +27,23 @@ def run_name(condition: str, seed: int) -> str:
     return f"train {condition} seed={seed}"
 
 
+def model_name(condition: str, seed: int) -> str:
+    """The logged model's name: MLflow's models page lists six of them, not six "model"s."""
+    return f"classifier-{condition}-seed{seed}"
+
+
 class ChildRun:
     """The MLflow child run of one training stage execution."""
 
     def __init__(self, params: Params, layout: Layout, condition: str, seed: int) -> None:
+        self.condition, self.seed = condition, seed
         self.uri = tracking.tracking_uri(params.mlflow, layout.root)
         self.client, self.experiment_id = tracking.setup(params.mlflow, layout.root)
         with tracking.talking_to(self.uri, "creating the run"):
             key = tracking.pipeline_key(layout.root)
-            self.parent_id = tracking.parent_run_id(self.client, self.experiment_id, key)
+            self.parent_id = tracking.parent_run_id(
+                self.client, self.experiment_id, key, layout.root
+            )
             tags = tracking.run_tags(layout.root, {"condition": condition, "seed": str(seed)})
             self.run_id = tracking.fresh_child_run_id(
                 self.client, self.experiment_id, self.parent_id, run_name(condition, seed), tags
@@ -57,12 +65,8 @@ class ChildRun:
     def _log_setup(self, params: Params, *, condition: str, seed: int, manifests, tags) -> None:
         import mlflow
 
-        flat = {"condition": condition, "seed": str(seed), "classes": ",".join(params.classes)}
-        for section in ("train", "split", "dct"):
-            flat.update(tracking.flatten(section, getattr(params, section)))
-        if condition == "synthetic":
-            flat.update(tracking.flatten("generate", params.generate))
-            flat["finetune.base_model"] = params.finetune.base_model
+        # every section for every condition: the compare view has no "unknown" cells
+        flat = {"condition": condition, "seed": str(seed), **tracking.all_params(params)}
         with mlflow.start_run(run_id=self.run_id):
             mlflow.log_params(flat)
             mlflow.set_tags(tags)
@@ -107,10 +111,17 @@ class ChildRun:
             mlflow.log_metrics(flat)
             for f in files:
                 mlflow.log_artifact(str(f))
-            example = np.zeros((1, 3, input_size, input_size), dtype=np.float32)
-            with warnings.catch_warnings():  # schema/export hints that say nothing about us
-                warnings.simplefilter("ignore", UserWarning)
-                mlflow.pytorch.log_model(model, name="model", input_example=example)
+            # Two images, not one: torch.export would fix the batch size to the example's
+            # ("dimension inputs[0].shape[0] 0/1 specialized") and the model would take one
+            # image at a time. The requirement is named, not inferred: inference fails on an
+            # exported program and warned "Encountered an unexpected error while inferring".
+            example = np.zeros((2, 3, input_size, input_size), dtype=np.float32)
+            mlflow.pytorch.log_model(
+                model,
+                name=model_name(self.condition, self.seed),
+                input_example=example,
+                pip_requirements=[f"torch=={metadata.version('torch')}"],
+            )
 
     def fail(self, *, server_down: bool = False) -> None:
         """Mark the run FAILED when the store still answers; never raise over the real error."""

@@ -15,7 +15,6 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,9 @@ from lymphaug.common.config import MlflowConfig
 from lymphaug.common.errors import LymphaugError
 
 PIPELINE_KEY_TAG = "lymphaug.pipeline_key"
+# MLflow 3 opens an experiment on the page its kind names; untagged, it guesses "GenAI"
+# and shows an empty traces page. These are model-training runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 ROLE_TAG = "lymphaug.role"
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -149,14 +151,31 @@ def setup(cfg: MlflowConfig, root: Path):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp:
+        for key, value in EXPERIMENT_KIND.items():
+            if exp.tags.get(key) != value:  # an experiment made before the tag existed
+                client.set_experiment_tag(exp.experiment_id, key, value)
         return client, exp.experiment_id
     # A local store keeps its artifacts beside it, not wherever the process happened to start.
     artifacts = (root / "mlartifacts").resolve().as_uri() if uri.startswith("sqlite:") else None
-    return client, client.create_experiment(cfg.experiment, artifact_location=artifacts)
+    exp_id = client.create_experiment(
+        cfg.experiment, artifact_location=artifacts, tags=dict(EXPERIMENT_KIND)
+    )
+    return client, exp_id
 
 
-def parent_run_id(client, experiment_id: str, key: str) -> str:
-    """Find or create the parent run of pipeline execution ``key``."""
+def parent_run_name(root: Path, key: str) -> str:
+    """What a user recognises a pipeline execution by: DVC's experiment name, the commit.
+
+    ``dvc exp run`` names its experiment in DVC_EXP_NAME; a plain ``dvc repro`` has none.
+    The key's first characters tell apart two executions on one commit with other params.
+    """
+    what = os.environ.get("DVC_EXP_NAME") or "dvc repro"
+    return f"{what} @ {git_commit(root)[:7]} ({key[:6]})"
+
+
+def parent_run_id(client, experiment_id: str, key: str, root: Path | None = None) -> str:
+    """Find or create the parent run of pipeline execution ``key`` (named by
+    :func:`parent_run_name` when ``root`` is given)."""
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{key}' and tags.`{ROLE_TAG}` = 'parent'",
@@ -166,8 +185,8 @@ def parent_run_id(client, experiment_id: str, key: str) -> str:
         return found[0].info.run_id
     run = client.create_run(
         experiment_id,
-        run_name=f"pipeline {key[:8]}",
-        tags={PIPELINE_KEY_TAG: key, ROLE_TAG: "parent"},
+        run_name=parent_run_name(root, key) if root is not None else f"pipeline {key[:8]}",
+        tags={PIPELINE_KEY_TAG: key, ROLE_TAG: "parent", **(run_tags(root) if root else {})},
     )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -198,6 +217,34 @@ def flatten(prefix: str, value: object) -> dict[str, str]:
     return {prefix: str(value)}
 
 
+def all_params(params) -> dict[str, str]:
+    """Every section of params.yaml as flat MLflow params, the same keys in every run.
+
+    Why: each stage logged only its own sections, so MLflow's compare view showed
+    "unknown" for the others (a base run had no finetune params). Stage-specific values
+    (condition, seed) are added by the stage. ``mlflow`` (where to log) is left out.
+    """
+    flat = flatten("", params.model_dump(exclude={"mlflow", "classes"}))
+    return {"classes": ",".join(params.classes), **flat}
+
+
+@contextmanager
+def stage_run(params, root: Path, name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+    """Child run ``name`` under the pipeline's parent (an earlier one of that name replaced),
+    active while the block runs, with :func:`all_params`; FAILED if the block raises."""
+    import mlflow
+
+    client, exp_id = setup(params.mlflow, root)
+    uri = tracking_uri(params.mlflow, root)
+    with talking_to(uri, f"creating the run {name!r}"):
+        parent = parent_run_id(client, exp_id, pipeline_key(root), root)
+        run_id = fresh_child_run_id(client, exp_id, parent, name, run_tags(root, tags))
+    with mlflow.start_run(run_id=run_id):
+        with talking_to(uri, f"logging the params of {name!r}"):
+            mlflow.log_params(all_params(params))
+        yield run_id
+
+
 def run_tags(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     """Tags every logging stage sets: git commit and DVC's experiment name when present."""
     tags = {"mlflow.source.git.commit": git_commit(root), **(extra or {})}
@@ -210,7 +257,7 @@ def log_dataset(df, *, path: Path, name: str, digest: str, context: str) -> None
     """Log a manifest as an MLflow dataset input of the active run (digest: its sha256)."""
     import mlflow
 
-    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a path
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(df, source=str(path), name=name, digest=digest[:36])
+    # (its two warnings, "source can be interpreted in multiple ways" and the integer-column
+    # schema hint, are silenced by common/quiet.py, which says why)
+    dataset = mlflow.data.from_pandas(df, source=str(path), name=name, digest=digest[:36])
     mlflow.log_input(dataset, context=context)

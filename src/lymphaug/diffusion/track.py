@@ -24,12 +24,7 @@ def flat_params(prefix: str, section) -> dict[str, str]:
 @contextmanager
 def child_run(params: Params, root: Path, name: str) -> Iterator[str]:
     """Start child run ``name`` (replacing an earlier one) and make it the active run."""
-    import mlflow
-
-    client, exp_id = tracking.setup(params.mlflow, root)
-    parent = tracking.parent_run_id(client, exp_id, tracking.pipeline_key(root))
-    run_id = tracking.fresh_child_run_id(client, exp_id, parent, name)
-    with mlflow.start_run(run_id=run_id):
+    with tracking.stage_run(params, root, name) as run_id:
         yield run_id
 
 

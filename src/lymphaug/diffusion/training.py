@@ -26,6 +26,7 @@ from PIL import Image
 
 from lymphaug.common.config import FinetuneConfig
 from lymphaug.common.errors import LymphaugError
+from lymphaug.common.progress import progress
 from lymphaug.diffusion.checkpoints import (
     CheckpointError,
     TrainingState,
@@ -230,7 +231,6 @@ def train_unet(
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
     device = accelerator.device
     mixed_precision = accelerator.mixed_precision
@@ -298,11 +298,12 @@ def train_unet(
     accum_steps = cfg.gradient_accumulation_steps
     num_processes, rank = accelerator.num_processes, accelerator.process_index
     batch_size = cfg.batch_size
-    bar = tqdm(
+    bar = progress(
         total=cfg.max_steps,
         initial=start,
         desc="finetune",
-        disable=None if accelerator.is_main_process else True,
+        unit="step",
+        main_process=accelerator.is_main_process,
     )
     for step in range(start, cfg.max_steps):
         model.train()

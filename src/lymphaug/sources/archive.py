@@ -38,8 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from tqdm import tqdm
-
 from lymphaug.common.errors import DataError
 from lymphaug.common.files import (
     disk_full,
@@ -49,6 +47,7 @@ from lymphaug.common.files import (
     sha256_file,
     writing,
 )
+from lymphaug.common.progress import progress
 
 CHUNK = 1 << 20
 TIMEOUT_S = 60
@@ -127,9 +126,7 @@ def download(url: str, folder: Path) -> tuple[Path, str]:
         ):
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=archive_name(url), disable=None
-            ) as bar:
+            with progress(total=total, unit="B", unit_scale=True, desc=archive_name(url)) as bar:
                 while chunk := resp.read(CHUNK):
                     out.write(chunk)
                     digest.update(chunk)
