@@ -148,13 +148,17 @@ def test_a_pretrained_base_skips_the_stage_with_a_note(layout, tmp_path):
         ({"finetune": {"unet_width": 32}}, "finetune.unet_width train a generator from scratch"),
         ({"finetune": {"base_model": "scratch", "unet_width": 32}}, "needs an autoencoder"),
         (
-            {"finetune": {"base_model": "scratch", "unet_width": 32, "method": "lora"},
-             "autoencoder": {}},
+            {
+                "finetune": {"base_model": "scratch", "unet_width": 32, "method": "lora"},
+                "autoencoder": {},
+            },
             "trained in full",
         ),
         (
-            {"finetune": {"base_model": "scratch", "unet_width": 32, "resolution": 40},
-             "autoencoder": {}},
+            {
+                "finetune": {"base_model": "scratch", "unet_width": 32, "resolution": 40},
+                "autoencoder": {},
+            },
             "multiple of 16",
         ),
     ],

@@ -178,12 +178,13 @@ def train_autoencoder(
         optimizer.zero_grad(set_to_none=True)
         # Record the step on the curve and the progress bar
         done = step + 1
-        result.losses.append(float(pixel.detach()))
+        pixel_error = float(pixel.detach())
+        result.losses.append(pixel_error)
         result.lrs.append(lr)
         bar.update(1)
-        bar.set_postfix(pixel=f"{float(pixel):.4f}")
+        bar.set_postfix(pixel=f"{pixel_error:.4f}")
         if on_step:
-            on_step(done, {"reconstruction": float(pixel), "kl": float(kl), "lr": lr})
+            on_step(done, {"reconstruction": pixel_error, "kl": float(kl.detach()), "lr": lr})
         # Save a checkpoint (not after the last step: the finished model is saved instead)
         if done % cfg.checkpoint_every == 0 and done < cfg.max_steps:
             save_checkpoint(work_dir, done, cfg, state, losses=result.losses, lrs=result.lrs)
