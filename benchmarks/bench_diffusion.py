@@ -51,16 +51,45 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(fn, steps: int, warmup: int = 2) -> float:
-    """Seconds per call (median of ``steps`` after ``warmup``)."""
+def timed(fn, steps: int, warmup: int = 2, clock=time.perf_counter) -> float:
+    """Seconds per call (median of ``steps`` after ``warmup``) by ``clock``."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(steps):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return float(np.median(times))
+
+
+def bare_unet_step(ref, *, batch_size: int, resolution: int, learning_rate: float):
+    """One step of a bare diffusers loop (no accelerate, no sampler) on ``ref``'s UNet and
+    VAE: the same shapes and work as the project's step, as a closure."""
+    from diffusers import DDPMScheduler
+
+    from lymphaug.diffusion import training
+
+    unet, vae = ref.unet, ref.vae
+    vae.requires_grad_(False)
+    sched = DDPMScheduler.from_config(ref.scheduler.config)
+    opt = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-2)
+    emb = training.prompt_embeddings(ref, ["a", "b", "c"], "cpu", torch.float32)
+    b, r = batch_size, resolution
+
+    def step():
+        x = torch.rand(b, 3, r, r) * 2 - 1
+        with torch.no_grad():
+            lat = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(lat)
+        t = torch.randint(0, 1000, (b,))
+        pred = unet(sched.add_noise(lat, noise, t), t, emb[torch.randint(0, 3, (b,))]).sample
+        torch.nn.functional.mse_loss(pred, noise).backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    return step
 
 
 # --- CPU: the quick profile's tiny model -------------------------------------------------
@@ -116,27 +145,12 @@ def cpu(steps: int) -> None:
     project_step = float(np.median(np.diff(marks[1:])))
 
     # reference: a bare diffusers loop (no accelerate, no sampler): same shapes and work
-    from diffusers import DDPMScheduler
 
     ref = build_tiny_pipeline(cfg.seed)
     unet, vae = ref.unet, ref.vae
-    vae.requires_grad_(False)
-    sched = DDPMScheduler.from_config(ref.scheduler.config)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
     emb = training.prompt_embeddings(ref, ["a", "b", "c"], "cpu", torch.float32)
     b, r = cfg.batch_size, cfg.resolution
-
-    def ref_step():
-        x = torch.rand(b, 3, r, r) * 2 - 1
-        with torch.no_grad():
-            lat = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
-        noise = torch.randn_like(lat)
-        t = torch.randint(0, 1000, (b,))
-        pred = unet(sched.add_noise(lat, noise, t), t, emb[torch.randint(0, 3, (b,))]).sample
-        torch.nn.functional.mse_loss(pred, noise).backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
+    ref_step = bare_unet_step(ref, batch_size=b, resolution=r, learning_rate=cfg.learning_rate)
 
     ref_s = timed(ref_step, steps)
     print(f"\nfine-tune step (tiny, batch {b}, {r} px)")
@@ -199,14 +213,7 @@ def cpu(steps: int) -> None:
 
 def cpu_timed(fn, steps: int, warmup: int = 2) -> float:
     """CPU seconds of this process per call (median of ``steps`` after ``warmup``)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t = time.process_time()
-        fn()
-        times.append(time.process_time() - t)
-    return float(np.median(times))
+    return timed(fn, steps, warmup, clock=time.process_time)
 
 
 def profile_params(root: Path, name: str):
@@ -223,7 +230,6 @@ def profile_params(root: Path, name: str):
 
 
 def scratch(steps: int, name: str) -> None:
-    from diffusers import DDPMScheduler
 
     from lymphaug.diffusion import autoencoder as ae
     from lymphaug.diffusion import training
@@ -303,25 +309,9 @@ def scratch(steps: int, name: str) -> None:
     ref = build_scratch_pipeline(
         build_autoencoder(acfg), unet_width=cfg.unet_width, resolution=cfg.resolution, seed=0
     )
-    unet, vae = ref.unet, ref.vae
-    vae.requires_grad_(False)
-    sched = DDPMScheduler.from_config(ref.scheduler.config)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
-    emb = training.prompt_embeddings(ref, ["a", "b", "c"], "cpu", torch.float32)
-    b, r = cfg.batch_size, cfg.resolution
-
-    def bare_unet():
-        x = torch.rand(b, 3, r, r) * 2 - 1
-        with torch.no_grad():
-            lat = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
-        noise = torch.randn_like(lat)
-        t = torch.randint(0, 1000, (b,))
-        pred = unet(sched.add_noise(lat, noise, t), t, emb[torch.randint(0, 3, (b,))]).sample
-        torch.nn.functional.mse_loss(pred, noise).backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
-
+    bare_unet = bare_unet_step(
+        ref, batch_size=cfg.batch_size, resolution=cfg.resolution, learning_rate=cfg.learning_rate
+    )
     bare = cpu_timed(bare_unet, steps)
     print(
         f"  UNet         project {1 / project_unet:6.2f} steps/s   bare loop {1 / bare:6.2f} "

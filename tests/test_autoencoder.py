@@ -22,11 +22,6 @@ from lymphaug.generate import generate
 
 
 @pytest.fixture(autouse=True)
-def own_mlflow_store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-
-
-@pytest.fixture(autouse=True)
 def one_thread():
     with loading.cpu_threads("scratch"):
         yield

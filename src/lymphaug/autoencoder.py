@@ -29,7 +29,13 @@ from lymphaug.common.images import read_rgb
 from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.manifest import SPLIT_COLUMNS, read_table
 from lymphaug.common.paths import Layout
-from lymphaug.finetune import check_crops_fit, clean_stale, finetune_identity, training_rows
+from lymphaug.finetune import (
+    check_crops_fit,
+    clean_stale,
+    finetune_identity,
+    resume_options,
+    training_rows,
+)
 
 CURVE = "autoencoder_loss.csv"
 METRICS = "autoencoder.json"
@@ -208,14 +214,8 @@ def run(params: Params, layout: Layout, args) -> int:
     from lymphaug.diffusion.loading import cpu_threads
 
     start = time.perf_counter()
-    resume_from = getattr(args, "resume_from", None)
     with cpu_threads(params.finetune.base_model):
-        info, result = autoencoder(
-            params,
-            layout,
-            resume=not getattr(args, "no_resume", False),
-            resume_from=Path(resume_from) if resume_from else None,
-        )
+        info, result = autoencoder(params, layout, **resume_options(args))
     if result is None:
         print(f"autoencoder: skipped ({info.reason}) -> {layout.autoencoder_model}")
         return 0

@@ -283,18 +283,21 @@ def _save(pipe, layout: Layout, *, info, result, is_main: bool, work_dir: Path):
     return saved
 
 
+def resume_options(args) -> dict:
+    """``--no-resume`` and ``--resume-from`` as the stage functions' keyword arguments."""
+    resume_from = getattr(args, "resume_from", None)
+    return {
+        "resume": not getattr(args, "no_resume", False),
+        "resume_from": Path(resume_from) if resume_from else None,
+    }
+
+
 def run(params: Params, layout: Layout, args) -> int:
     start = time.perf_counter()
-    resume_from = getattr(args, "resume_from", None)
     from lymphaug.diffusion.loading import cpu_threads
 
     with cpu_threads(params.finetune.base_model):
-        result, info = finetune(
-            params,
-            layout,
-            resume=not getattr(args, "no_resume", False),
-            resume_from=Path(resume_from) if resume_from else None,
-        )
+        result, info = finetune(params, layout, **resume_options(args))
     n = len(result.losses)
     first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))
     last = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))
