@@ -18,8 +18,14 @@ pytestmark = [
 ]
 
 TINY = {
-    "autoencoder": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2},
-    "finetune": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "validation_every": 4},
+    "autoencoder": {"resolution": 32, "max_steps": 4, "batch_size": 4, "checkpoint_every": 2},
+    "finetune": {
+        "resolution": 32,
+        "max_steps": 4,
+        "batch_size": 4,
+        "checkpoint_every": 2,
+        "validation_every": 4,
+    },
     "generate": {"per_class": 2, "steps": 2, "batch_size": 6, "contact_sheet_per_class": 2},
     "train": {"epochs": 2, "input_size": 64, "batch_size": 8},
     "compare": {"bootstrap_resamples": 200},
