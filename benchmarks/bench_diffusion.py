@@ -1,6 +1,12 @@
 """Diffusion throughput: fine-tune seconds/step and generation images/s (not a test).
 
-CPU (default): the quick profile's tiny model through the project's code (``train_unet``
+CPU (default): the from-scratch generator at the quick profile's and the cpu profile's sizes:
+autoencoder and UNet training steps/s through the project's loops (``train_autoencoder``;
+``train_unet`` with Min-SNR, EMA, the crop sampler, under accelerate) beside a bare loop of
+the same models in the same process. Timed in CPU seconds of this process (one thread), so
+a busy shared machine slows both sides alike instead of whichever ran during a spike.
+
+CPU ``--tiny``: the random-weight tiny model through the project's code (``train_unet``
 under accelerate, the generate stage's sampling) beside a plain reference in the same
 process: a bare diffusers UNet forward/backward/AdamW loop and a bare sampling loop.
 
@@ -11,6 +17,7 @@ is installed) and ``lora`` (rank 4 on to_q/to_k/to_v/to_out.0, frozen fp16 base,
 adapters, gradient checkpointing). The frozen VAE and text encoder are not included.
 
     python benchmarks/bench_diffusion.py [--steps 20] [--threads 1]
+    python benchmarks/bench_diffusion.py --tiny [--steps 20] [--threads 1]
     python benchmarks/bench_diffusion.py --gpu [--steps 20] [--dtype bf16]
 """
 
@@ -44,16 +51,45 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(fn, steps: int, warmup: int = 2) -> float:
-    """Seconds per call (median of ``steps`` after ``warmup``)."""
+def timed(fn, steps: int, warmup: int = 2, clock=time.perf_counter) -> float:
+    """Seconds per call (median of ``steps`` after ``warmup``) by ``clock``."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(steps):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     return float(np.median(times))
+
+
+def bare_unet_step(ref, *, batch_size: int, resolution: int, learning_rate: float):
+    """One step of a bare diffusers loop (no accelerate, no sampler) on ``ref``'s UNet and
+    VAE: the same shapes and work as the project's step, as a closure."""
+    from diffusers import DDPMScheduler
+
+    from lymphaug.diffusion import training
+
+    unet, vae = ref.unet, ref.vae
+    vae.requires_grad_(False)
+    sched = DDPMScheduler.from_config(ref.scheduler.config)
+    opt = torch.optim.AdamW(unet.parameters(), lr=learning_rate, weight_decay=1e-2)
+    emb = training.prompt_embeddings(ref, ["a", "b", "c"], "cpu", torch.float32)
+    b, r = batch_size, resolution
+
+    def step():
+        x = torch.rand(b, 3, r, r) * 2 - 1
+        with torch.no_grad():
+            lat = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
+        noise = torch.randn_like(lat)
+        t = torch.randint(0, 1000, (b,))
+        pred = unet(sched.add_noise(lat, noise, t), t, emb[torch.randint(0, 3, (b,))]).sample
+        torch.nn.functional.mse_loss(pred, noise).backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    return step
 
 
 # --- CPU: the quick profile's tiny model -------------------------------------------------
@@ -67,7 +103,17 @@ def cpu(steps: int) -> None:
 
     root = Path(__file__).resolve().parents[1]
     params = load_params(root / "params.yaml")
-    cfg = params.finetune
+    # the tiny model at its own settings (the quick profile trains the scratch one)
+    cfg = params.finetune.model_copy(
+        update={
+            "base_model": "tiny",
+            "resolution": 32,
+            "max_steps": 150,
+            "use_ema": False,
+            "snr_gamma": None,
+            "unet_width": None,
+        }
+    )
     gen = params.generate
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); quick profile: "
@@ -99,27 +145,12 @@ def cpu(steps: int) -> None:
     project_step = float(np.median(np.diff(marks[1:])))
 
     # reference: a bare diffusers loop (no accelerate, no sampler): same shapes and work
-    from diffusers import DDPMScheduler
 
     ref = build_tiny_pipeline(cfg.seed)
     unet, vae = ref.unet, ref.vae
-    vae.requires_grad_(False)
-    sched = DDPMScheduler.from_config(ref.scheduler.config)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=1e-2)
     emb = training.prompt_embeddings(ref, ["a", "b", "c"], "cpu", torch.float32)
     b, r = cfg.batch_size, cfg.resolution
-
-    def ref_step():
-        x = torch.rand(b, 3, r, r) * 2 - 1
-        with torch.no_grad():
-            lat = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
-        noise = torch.randn_like(lat)
-        t = torch.randint(0, 1000, (b,))
-        pred = unet(sched.add_noise(lat, noise, t), t, emb[torch.randint(0, 3, (b,))]).sample
-        torch.nn.functional.mse_loss(pred, noise).backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad()
+    ref_step = bare_unet_step(ref, batch_size=b, resolution=r, learning_rate=cfg.learning_rate)
 
     ref_s = timed(ref_step, steps)
     print(f"\nfine-tune step (tiny, batch {b}, {r} px)")
@@ -175,6 +206,118 @@ def cpu(steps: int) -> None:
     )
     print(f"  -> quick profile generation ~{total * pg / n:.1f} s for {total} images")
     print(f"\npeak RSS {peak_rss_mb():.0f} MB")
+
+
+# --- CPU: the from-scratch generator (quick and cpu profiles) ---------------------------
+
+
+def cpu_timed(fn, steps: int, warmup: int = 2) -> float:
+    """CPU seconds of this process per call (median of ``steps`` after ``warmup``)."""
+    return timed(fn, steps, warmup, clock=time.process_time)
+
+
+def profile_params(root: Path, name: str):
+    """params.yaml with profiles/<name>.yaml merged in (in memory; quick: params.yaml)."""
+    import yaml
+
+    from lymphaug.common.config import parse_params
+    from lymphaug.profile import deep_merge
+
+    data = yaml.safe_load((root / "params.yaml").read_text())
+    if name != "quick":
+        deep_merge(data, yaml.safe_load((root / "profiles" / f"{name}.yaml").read_text()))
+    return parse_params(data, f"params.yaml + profiles/{name}.yaml")
+
+
+def scratch(steps: int, name: str) -> None:
+
+    from lymphaug.diffusion import autoencoder as ae
+    from lymphaug.diffusion import training
+    from lymphaug.diffusion.scratch import build_autoencoder, build_scratch_pipeline
+
+    root = Path(__file__).resolve().parents[1]
+    params = profile_params(root, name)
+    acfg, cfg = params.autoencoder, params.finetune
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 255, (312, 417, 3), dtype=np.uint8) for _ in range(24)]
+    images = [training.rescaled(a, acfg.scale) for a in arrays]
+    print(
+        f"\n{name} profile: autoencoder {acfg.resolution} px crops, width {acfg.width}, "
+        f"downsample {acfg.downsample}, batch {acfg.batch_size}, {acfg.max_steps} steps; "
+        f"UNet {cfg.resolution} px, width {cfg.unet_width}, batch {cfg.batch_size}, "
+        f"{cfg.max_steps} steps"
+    )
+
+    def per_step(marks: list[float]) -> float:
+        return float(np.median(np.diff(marks[2:])))
+
+    # autoencoder: the project's loop vs a bare one of the same model
+    bench_acfg = acfg.model_copy(update={"max_steps": steps + 3, "checkpoint_every": 10**6})
+    marks: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        ae.train_autoencoder(
+            build_autoencoder(bench_acfg),
+            bench_acfg,
+            images,
+            work_dir=Path(tmp),
+            resume=False,
+            on_step=lambda *_: marks.append(time.process_time()),
+        )
+    project_ae = per_step(marks)
+    vae = build_autoencoder(acfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=acfg.learning_rate)
+    b, r = acfg.batch_size, acfg.resolution
+
+    def bare_ae():
+        x = torch.rand(b, 3, r, r) * 2 - 1
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample()).sample
+        loss = (recon - x).abs().mean() + acfg.kl_weight * post.kl().mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+
+    bare = cpu_timed(bare_ae, steps)
+    print(
+        f"  autoencoder  project {1 / project_ae:6.2f} steps/s   bare loop {1 / bare:6.2f} "
+        f"steps/s   ratio {bare / project_ae:.2f}   -> {acfg.max_steps} steps "
+        f"~{project_ae * acfg.max_steps:.0f} CPU s"
+    )
+
+    # UNet: train_unet on the scratch pipeline vs a bare loop of the same UNet and VAE
+    bench_cfg = cfg.model_copy(
+        update={"max_steps": steps + 3, "checkpoint_every": 10**6, "validation_every": 10**6}
+    )
+    data = training.TrainData(arrays, [i % 3 for i in range(24)], ["a", "b", "c"])
+    pipe = build_scratch_pipeline(
+        build_autoencoder(acfg), unet_width=cfg.unet_width, resolution=cfg.resolution, seed=0
+    )
+    marks = []
+    with tempfile.TemporaryDirectory() as tmp:
+        training.train_unet(
+            pipe,
+            bench_cfg,
+            data,
+            work_dir=Path(tmp),
+            accelerator=training.make_accelerator(bench_cfg),
+            resume=False,
+            on_step=lambda *_: marks.append(time.process_time()),
+            scale=acfg.scale,
+        )
+    project_unet = per_step(marks)
+    ref = build_scratch_pipeline(
+        build_autoencoder(acfg), unet_width=cfg.unet_width, resolution=cfg.resolution, seed=0
+    )
+    bare_unet = bare_unet_step(
+        ref, batch_size=cfg.batch_size, resolution=cfg.resolution, learning_rate=cfg.learning_rate
+    )
+    bare = cpu_timed(bare_unet, steps)
+    print(
+        f"  UNet         project {1 / project_unet:6.2f} steps/s   bare loop {1 / bare:6.2f} "
+        f"steps/s   ratio {bare / project_unet:.2f}   -> {cfg.max_steps} steps "
+        f"~{project_unet * cfg.max_steps:.0f} CPU s"
+    )
 
 
 # --- GPU: full-size SD v1.5 UNet from its config -----------------------------------------
@@ -265,6 +408,8 @@ def gpu(steps: int, dtype_name: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpu", action="store_true", help="full-size SD v1.5 UNet on CUDA")
+    ap.add_argument("--tiny", action="store_true", help="the random-weight tiny model (CPU)")
+    ap.add_argument("--profiles", default="quick,cpu", help="scratch mode: %(default)s")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     ap.add_argument(
@@ -273,9 +418,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.gpu:
         gpu(args.steps, args.dtype)
-    else:
-        torch.set_num_threads(args.threads)
+        return
+    torch.set_num_threads(args.threads)
+    if args.tiny:
         cpu(args.steps)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); ratio: bare/project")
+    for name in args.profiles.split(","):
+        scratch(args.steps, name)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ STAGES: dict[str, tuple[str, str]] = {
     ),
     "split": ("lymphaug.split", "stratified, seeded train/val/test assignment -> data/split.csv"),
     "dct": ("lymphaug.dct", "DCT-augment the training images (method1, method2) -> data/dct"),
+    "autoencoder": (
+        "lymphaug.autoencoder",
+        "train the from-scratch generator's AutoencoderKL (base_model: scratch) -> "
+        "models/autoencoder",
+    ),
     "finetune": (
         "lymphaug.finetune",
         "fine-tune the Stable Diffusion UNet (full or LoRA) on training images -> models/diffusion",
@@ -99,9 +104,9 @@ def _add_known_arguments(name: str, p: argparse.ArgumentParser) -> None:
             help="seed of the initial weights, shuffles and crops (dvc.yaml: each train.seeds)",
         )
         p.add_argument("--no-resume", action="store_true", help="ignore an earlier checkpoint")
-    if name in ("finetune", "generate"):
+    if name in ("autoencoder", "finetune", "generate"):
         p.add_argument("--no-resume", action="store_true", help="ignore earlier progress")
-    if name == "finetune":
+    if name in ("autoencoder", "finetune"):
         p.add_argument(
             "--resume-from",
             metavar="CHECKPOINT",

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from lymphaug.common.config import FinetuneConfig, Params
+from lymphaug.common.config import SCRATCH, FinetuneConfig, Params
 from lymphaug.common.errors import ConfigError, DataError
-from lymphaug.common.files import atomic_path, prune, remove, remove_stale_temps
+from lymphaug.common.files import atomic_path, prune, remove, remove_stale_temps, sha256_file
 from lymphaug.common.images import read_rgb
 from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.manifest import RAW_COLUMNS, SPLIT_COLUMNS, assert_train_only, read_table
@@ -106,9 +106,15 @@ def finetune(
         )
 
 
-def clean_stale(layout: Layout, work_dir: Path, resume_from: Path | None) -> list[Path]:
-    """What killed or other-params runs left (call it holding the lock); returns what went."""
-    keep = {work_dir, lock_path(layout.work / "finetune")}
+def clean_stale(
+    layout: Layout, work_dir: Path, resume_from: Path | None, *, model_dir: Path | None = None
+) -> list[Path]:
+    """What killed or other-params runs left (call it holding the lock); returns what went.
+
+    ``work_dir`` is ``work/<stage>/<hash>``; ``model_dir`` the stage's output folder
+    (default: finetune's ``models/diffusion``).
+    """
+    keep = {work_dir, lock_path(work_dir.parent)}
     if resume_from is not None:  # a --resume-from checkpoint of other params stays
         folder = work_dir.parent.resolve()
         keep |= {p for p in (resume_from, *resume_from.parents) if p.parent == folder}
@@ -116,7 +122,22 @@ def clean_stale(layout: Layout, work_dir: Path, resume_from: Path | None) -> lis
     for path in half_written:
         remove(path)
     others = prune(work_dir.parent, keep)
-    return [*remove_stale_temps(layout.diffusion_model), *half_written, *others]
+    target = model_dir if model_dir is not None else layout.diffusion_model
+    return [*remove_stale_temps(target), *half_written, *others]
+
+
+def check_crops_fit(images, paths, *, scale: float, resolution: int, key: str) -> None:
+    """Every image, rescaled by ``scale``, must hold a ``resolution`` square crop: else one
+    clear error naming the file, at start-up rather than deep inside a training step."""
+    for image, path in zip(images, paths, strict=True):
+        height, width = image.shape[:2]
+        w, h = round(width * scale), round(height * scale)
+        if min(w, h) < resolution:
+            raise DataError(
+                f"{path}: {width}x{height} px is {w}x{h} px at autoencoder.scale={scale:g}, "
+                f"smaller than the {resolution} px crops of {key}; lower {key} or raise "
+                "autoencoder.scale"
+            )
 
 
 def _finetune(
@@ -135,9 +156,10 @@ def _finetune(
     is_main = accelerator.is_main_process
     split = read_table(layout.split_csv, SPLIT_COLUMNS)
     train = training_rows(split, params.classes, cfg.prompts)
-    work_dir = layout.work_dir(
-        "finetune", finetune_identity(cfg, params.classes, train, layout.raw)
-    )
+    identity = finetune_identity(cfg, params.classes, train, layout.raw)
+    if cfg.base_model == SCRATCH:  # a retrained autoencoder never resumes an old UNet
+        identity.append(_autoencoder_fingerprint(layout))
+    work_dir = layout.work_dir("finetune", identity)
     if is_main:
         stale = clean_stale(layout, work_dir, resume_from and resume_from.resolve())
         if stale:
@@ -145,7 +167,12 @@ def _finetune(
     if not resume:
         remove(work_dir)
     data = load_training_data(train, layout.raw, params.classes, cfg.prompts)
-    pipe = loading.load_base(cfg.base_model, cfg.seed, layout.root)
+    scale, extra = None, {}
+    if cfg.base_model == SCRATCH:
+        pipe, scale = _scratch_base(cfg, layout, data, train)
+        extra = {"scale": scale}
+    else:
+        pipe = loading.load_base(cfg.base_model, cfg.seed, layout.root)
     # a tiny base is rebuilt from its seed under a LoRA adapter: record it to check it is the same
     base_fingerprint = loading.unet_fingerprint(pipe.unet) if cfg.base_model == "tiny" else ""
     info = loading.ModelInfo(
@@ -157,6 +184,7 @@ def _finetune(
         prompts={c: cfg.prompts[c] for c in params.classes},
         base_fingerprint=base_fingerprint,
         steps=cfg.max_steps,
+        extra=extra,
     )
     run_training = functools.partial(
         training.train_unet,
@@ -167,6 +195,7 @@ def _finetune(
         accelerator=accelerator,
         resume=resume,
         resume_from=resume_from,
+        scale=scale,
     )
     if not (track and is_main):
         result = run_training(on_step=on_step)
@@ -198,13 +227,40 @@ def _finetune(
         saved = _save(pipe, layout, info=info, result=result, is_main=is_main, work_dir=work_dir)
         mlflow.log_metrics({"final_loss": result.losses[-1], "resumed_from": result.resumed_from})
         model_dir = layout.diffusion_model
-        if cfg.method == "lora" or cfg.base_model == "tiny":
+        if cfg.method == "lora" or cfg.base_model in ("tiny", SCRATCH):
             mlflow.log_artifacts(str(model_dir), artifact_path="model")
         else:  # a full SD pipeline: log what changed (the UNet) and the description
             mlflow.log_artifacts(str(model_dir / "unet"), artifact_path="model/unet")
             mlflow.log_artifact(str(model_dir / loading.INFO_FILE), artifact_path="model")
         mlflow.log_artifact(str(layout.reports / "finetune_loss.csv"))
     return result, saved
+
+
+def _autoencoder_fingerprint(layout: Layout) -> str:
+    """The trained autoencoder's weights, by hash ("" before it exists: loading then fails)."""
+    files = sorted(layout.autoencoder_model.glob("*.safetensors"))
+    return ",".join(sha256_file(p) for p in files)
+
+
+def _scratch_base(cfg: FinetuneConfig, layout: Layout, data, train: pd.DataFrame):
+    """The from-scratch base: the trained autoencoder, the frozen text side, a fresh UNet;
+    returns (pipe, the autoencoder's pixel scale), having checked every image holds a crop."""
+    from lymphaug.diffusion.autoencoder import load_trained
+    from lymphaug.diffusion.scratch import build_scratch_pipeline
+
+    vae, ae_info = load_trained(layout.autoencoder_model)
+    paths = [layout.raw / p for p in train["path"]]
+    check_crops_fit(
+        data.images,
+        paths,
+        scale=ae_info.scale,
+        resolution=cfg.resolution,
+        key="finetune.resolution",
+    )
+    pipe = build_scratch_pipeline(
+        vae, unet_width=cfg.unet_width, resolution=cfg.resolution, seed=cfg.seed
+    )
+    return pipe, ae_info.scale
 
 
 def _save(pipe, layout: Layout, *, info, result, is_main: bool, work_dir: Path):
@@ -227,18 +283,21 @@ def _save(pipe, layout: Layout, *, info, result, is_main: bool, work_dir: Path):
     return saved
 
 
+def resume_options(args) -> dict:
+    """``--no-resume`` and ``--resume-from`` as the stage functions' keyword arguments."""
+    resume_from = getattr(args, "resume_from", None)
+    return {
+        "resume": not getattr(args, "no_resume", False),
+        "resume_from": Path(resume_from) if resume_from else None,
+    }
+
+
 def run(params: Params, layout: Layout, args) -> int:
     start = time.perf_counter()
-    resume_from = getattr(args, "resume_from", None)
     from lymphaug.diffusion.loading import cpu_threads
 
     with cpu_threads(params.finetune.base_model):
-        result, info = finetune(
-            params,
-            layout,
-            resume=not getattr(args, "no_resume", False),
-            resume_from=Path(resume_from) if resume_from else None,
-        )
+        result, info = finetune(params, layout, **resume_options(args))
     n = len(result.losses)
     first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))
     last = sum(result.losses[-10:]) / max(1, len(result.losses[-10:]))

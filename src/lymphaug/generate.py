@@ -79,6 +79,21 @@ def dataset_size(raw_manifest: pd.DataFrame) -> tuple[int, int]:
     return int(best["width"]), int(best["height"])
 
 
+def output_size(info, raw_manifest: pd.DataFrame) -> tuple[int, int]:
+    """(width, height) of the published images.
+
+    A from-scratch model learnt square crops of images rescaled by its ``scale``: its samples
+    are upsampled by 1 / scale, so their tissue has the real images' pixel scale (nuclei as
+    many pixels wide) and the classifier rescales both alike. Stretching a square sample to
+    the data set's aspect would distort every nucleus. Other models: the data set's size.
+    """
+    scale = info.extra.get("scale")
+    if scale:
+        side = round(info.resolution / scale)
+        return side, side
+    return dataset_size(raw_manifest)
+
+
 def plan(
     cfg: GenerateConfig, classes: list[str], prompts: dict[str, str], sources: dict[str, list[str]]
 ) -> list[Job]:
@@ -271,9 +286,15 @@ def publish(work_images: Path, jobs: list[Job], cfg: GenerateConfig, target: Pat
         write_table(manifest_frame(jobs, cfg), tmp / "manifest.csv", SYNTHETIC_COLUMNS)
 
 
-def contact_sheet_image(layout: Layout, train: pd.DataFrame, classes: list[str], *, per_class: int):
+def contact_sheet_image(
+    layout: Layout, train: pd.DataFrame, classes: list[str], *, per_class: int, crop=None
+):
     """The first ``per_class`` real training and synthetic images of each class, side by side,
-    to judge at a glance whether the synthetic ones look like the class."""
+    to judge at a glance whether the synthetic ones look like the class.
+
+    ``crop`` (width, height): show the centre of each real image at that size, so real and
+    synthetic tiles appear at the same pixel scale (from-scratch models make crop-sized tiles).
+    """
     from lymphaug.diffusion.sampling import real_vs_synthetic_sheet
 
     manifest = read_table(layout.synthetic / "manifest.csv", SYNTHETIC_COLUMNS)
@@ -281,9 +302,17 @@ def contact_sheet_image(layout: Layout, train: pd.DataFrame, classes: list[str],
     for cls in classes:
         real_paths = train[train["class"] == cls]["path"][:per_class]
         synthetic_paths = manifest[manifest["class"] == cls]["path"][:per_class]
-        real[cls] = [read_rgb(layout.raw / p) for p in real_paths]
+        real[cls] = [_centre(read_rgb(layout.raw / p), crop) for p in real_paths]
         synthetic[cls] = [read_rgb(layout.synthetic / p) for p in synthetic_paths]
     return real_vs_synthetic_sheet(real, synthetic)
+
+
+def _centre(image, crop):
+    if crop is None:
+        return image
+    width, height = crop
+    top, left = max(0, (image.shape[0] - height) // 2), max(0, (image.shape[1] - width) // 2)
+    return image[top : top + height, left : left + width]
 
 
 def clean_stale(layout: Layout, work: Path) -> list[Path]:
@@ -339,7 +368,7 @@ def _generate(
 
     cfg = params.generate
     pipe, info = load_finetuned(layout.diffusion_model, layout.root)
-    size = dataset_size(read_table(layout.raw_manifest, RAW_COLUMNS))
+    size = output_size(info, read_table(layout.raw_manifest, RAW_COLUMNS))
     split = read_table(layout.split_csv, SPLIT_COLUMNS)
     train = split[split["split"] == "train"].sort_values("path", kind="stable")
     assert_train_only(train["path"], split, "generate")
@@ -368,7 +397,11 @@ def _generate(
     publish(work / "images", jobs, cfg, layout.synthetic)
     remove(work)
     sheet = contact_sheet_image(
-        layout, train, params.classes, per_class=cfg.contact_sheet_per_class
+        layout,
+        train,
+        params.classes,
+        per_class=cfg.contact_sheet_per_class,
+        crop=size if info.extra.get("scale") else None,
     )
     with atomic_path(layout.reports / SHEET) as tmp:
         sheet.save(tmp, format="PNG")

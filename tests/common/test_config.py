@@ -69,6 +69,7 @@ def test_profile_paper_writes_real_values(repo_root, tmp_path):
     apply_profile(params, repo_root / "profiles" / "paper.yaml")
     p = load_params(params)
     assert p.train.weights == "imagenet" and p.finetune.method == "lora"
+    assert p.autoencoder is None and p.finetune.unet_width is None  # the hub VAE stays
     assert p.ingest.source == "folder" and len(p.train.seeds) == 5
     text = params.read_text()
     assert "# lymphaug pipeline parameters" in text  # comments survive
@@ -95,6 +96,8 @@ def test_profile_cpu_is_the_histology_recipe_on_the_real_images(repo_root, tmp_p
     assert p.train.arch == "lymphaug_cnn" and p.train.weights == "none"
     assert p.train.patch_size == 64 and p.train.eval == "whole" and len(p.train.seeds) == 5
     assert p.train.device == "cpu"
+    # the generator is trained here, at a resolution the classifier can use
+    assert p.finetune.base_model == "scratch" and p.finetune.resolution >= 128
 
 
 def test_profile_with_unknown_key_leaves_params_untouched(repo_root, tmp_path):

@@ -18,7 +18,14 @@ pytestmark = [
 ]
 
 TINY = {
-    "finetune": {"max_steps": 4, "batch_size": 4, "checkpoint_every": 2, "validation_every": 4},
+    "autoencoder": {"resolution": 32, "max_steps": 4, "batch_size": 4, "checkpoint_every": 2},
+    "finetune": {
+        "resolution": 32,
+        "max_steps": 4,
+        "batch_size": 4,
+        "checkpoint_every": 2,
+        "validation_every": 4,
+    },
     "generate": {"per_class": 2, "steps": 2, "batch_size": 6, "contact_sheet_per_class": 2},
     "train": {"epochs": 2, "input_size": 64, "batch_size": 8},
     "compare": {"bootstrap_resamples": 200},
@@ -32,7 +39,7 @@ def test_dvc_repro_runs_every_stage_and_records_everything(dvc_repo):
             set_param(repo, section, key, value)
 
     first = sh(repo, "dvc", "repro")
-    for stage in ("ingest", "split", "dct", "finetune", "generate", "compare"):
+    for stage in ("ingest", "split", "dct", "autoencoder", "finetune", "generate", "compare"):
         assert f"Running stage '{stage}'" in first
     for cond in ("base", "dct", "synthetic"):
         for seed in (0, 1):
@@ -65,7 +72,7 @@ def test_dvc_repro_runs_every_stage_and_records_everything(dvc_repo):
         if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
     }
     assert {f"train {c} seed={s}" for c in ("base", "dct", "synthetic") for s in (0, 1)} <= children
-    assert {"ingest", "split", "dct", "finetune", "generate"} <= children  # every stage run
+    assert {"ingest", "split", "dct", "autoencoder", "finetune", "generate"} <= children
     child = next(r for r in runs if r.info.run_name == "train dct seed=1")
     history = client.get_metric_history(child.info.run_id, "val_acc")
     assert [m.step for m in history] == [1, 2]

@@ -131,8 +131,11 @@ class DctConfig(Section):
 # --- diffusion --------------------------------------------------------------
 
 
+SCRATCH = "scratch"  # finetune.base_model: train the whole generator here (autoencoder + UNet)
+
+
 class FinetuneConfig(Section):
-    base_model: str = "tiny"
+    base_model: str = Field("tiny", description="scratch | tiny | hub id | local diffusers folder")
     method: Literal["full", "lora"] = "full"
     lora_rank: int = Field(4, ge=1)
     prompts: dict[str, str] = DEFAULT_PROMPTS
@@ -161,6 +164,29 @@ class FinetuneConfig(Section):
     checkpoint_every: int = Field(50, ge=1)
     checkpoints_total_limit: int = Field(2, ge=1)
     validation_every: int = Field(75, ge=1)
+    seed: int = 0
+    unet_width: int | None = Field(
+        None, ge=8, multiple_of=8, description="scratch only: channels of the UNet's first block"
+    )
+
+
+class AutoencoderConfig(Section):
+    """The from-scratch generator's first stage (``finetune.base_model: scratch`` only): an
+    AutoencoderKL trained by ``lymphaug autoencoder`` on random square crops of the rescaled
+    training images. ``scale`` is also the UNet's and generate's pixel scale."""
+
+    scale: float = Field(0.5, gt=0, le=4, description="rescale training images first")
+    resolution: int = Field(64, ge=16, multiple_of=8, description="random square crops, px")
+    width: int = Field(32, ge=8, multiple_of=8, description="channels of the first block")
+    downsample: Literal[2, 4, 8] = Field(4, description="pixels per latent, each side")
+    latent_channels: int = Field(4, ge=1)
+    pixel_loss: Literal["l1", "mse"] = "l1"
+    kl_weight: float = Field(1e-6, ge=0, description="KL term (Stable Diffusion: 1e-6)")
+    learning_rate: float = Field(1e-3, gt=0)
+    max_steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    checkpoints_total_limit: int = Field(2, ge=1)
     seed: int = 0
 
 
@@ -284,6 +310,7 @@ class Params(Section):
     split: SplitConfig = SplitConfig()
     dct: DctConfig = DctConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    autoencoder: AutoencoderConfig | None = None
     generate: GenerateConfig = GenerateConfig()
     train: TrainConfig = TrainConfig()
     compare: CompareConfig = CompareConfig()
@@ -298,6 +325,44 @@ class Params(Section):
         missing = [c for c in self.classes if c not in self.finetune.prompts]
         if missing:
             raise ValueError(f"finetune.prompts has no prompt for class(es) {missing}")
+        return self
+
+    @model_validator(mode="after")
+    def _scratch_consistent(self) -> Params:
+        """From-scratch options belong to the scratch base only: a pretrained (or the random
+        ``tiny``) base given them would otherwise ignore them, or retrain its VAE silently."""
+        ft = self.finetune
+        if ft.base_model != SCRATCH:
+            given = [
+                k
+                for k, v in (
+                    ("autoencoder", self.autoencoder),
+                    ("finetune.unet_width", ft.unet_width),
+                )
+                if v is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{' and '.join(given)} train a generator from scratch, but "
+                    f"finetune.base_model is {ft.base_model!r}, which brings its own weights "
+                    f"(its VAE is not retrained): set them to null, or base_model: {SCRATCH}"
+                )
+            return self
+        if self.autoencoder is None or ft.unet_width is None:
+            raise ValueError(
+                f"finetune.base_model: {SCRATCH} needs an autoencoder section and "
+                "finetune.unet_width (see profiles/quick.yaml)"
+            )
+        if ft.method != "full":
+            raise ValueError(
+                f"finetune.method: {ft.method!r} adapts a pretrained UNet; a {SCRATCH} UNet is "
+                "trained in full (method: full)"
+            )
+        if ft.resolution % (self.autoencoder.downsample * 4):
+            raise ValueError(
+                f"finetune.resolution {ft.resolution} must be a multiple of "
+                f"{self.autoencoder.downsample * 4} (autoencoder.downsample x the UNet's 4)"
+            )
         return self
 
 

@@ -45,6 +45,12 @@ class Layout:
         return self.root / "data" / "dct"
 
     @property
+    def autoencoder_model(self) -> Path:
+        """The from-scratch generator's trained AutoencoderKL, or a note that the base
+        brings its own VAE (autoencoder)."""
+        return self.root / "models" / "autoencoder"
+
+    @property
     def diffusion_model(self) -> Path:
         """The fine-tuned diffusion pipeline or LoRA adapter (finetune)."""
         return self.root / "models" / "diffusion"

@@ -14,12 +14,13 @@ so the caller can fall back to an older one.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from lymphaug.common.config import FinetuneConfig
+from lymphaug.common.config import AutoencoderConfig, FinetuneConfig
 from lymphaug.common.errors import LymphaugError, one_line
 from lymphaug.common.files import atomic_path, remove
 
@@ -44,7 +45,14 @@ def checkpoints_newest_first(work_dir: Path) -> list[Path]:
     return _checkpoints(work_dir / "checkpoints")[::-1]
 
 
-def check_meta(path: Path, cfg: FinetuneConfig) -> dict:
+AUTOENCODER = "autoencoder"  # the ``method`` of an autoencoder checkpoint
+
+
+def _method(cfg: FinetuneConfig | AutoencoderConfig) -> str:
+    return AUTOENCODER if isinstance(cfg, AutoencoderConfig) else cfg.method
+
+
+def check_meta(path: Path, cfg: FinetuneConfig | AutoencoderConfig) -> dict:
     """Refuse, with a clear message, a checkpoint whose weights could not fit this model."""
     try:
         meta = json.loads((path / "meta.json").read_text())
@@ -53,12 +61,15 @@ def check_meta(path: Path, cfg: FinetuneConfig) -> dict:
         raise UnreadableCheckpoint(
             f"{path / 'meta.json'}: not a readable fine-tune checkpoint ({err})"
         ) from None
-    if meta.get("method") != cfg.method:
+    if meta.get("method") != _method(cfg):
+        wanted = (
+            "the autoencoder" if _method(cfg) == AUTOENCODER else f"finetune.method={cfg.method!r}"
+        )
         raise CheckpointError(
             f"{path}: checkpoint of method {meta.get('method')!r} cannot resume "
-            f"finetune.method={cfg.method!r}; use the same method, or rerun with --no-resume"
+            f"{wanted}; use the same method, or rerun with --no-resume"
         )
-    if cfg.method == "lora" and meta.get("lora_rank") != cfg.lora_rank:
+    if _method(cfg) == "lora" and meta.get("lora_rank") != cfg.lora_rank:
         raise CheckpointError(
             f"{path}: checkpoint has LoRA rank {meta.get('lora_rank')}, "
             f"finetune.lora_rank is {cfg.lora_rank}"
@@ -79,7 +90,7 @@ class TrainingState:
 
 
 def load_checkpoint(
-    path: Path, cfg: FinetuneConfig, state: TrainingState
+    path: Path, cfg: FinetuneConfig | AutoencoderConfig, state: TrainingState
 ) -> tuple[int, list[float], list[float]]:
     """Restore a checkpoint in place; returns (step, losses so far, learning rates so far).
 
@@ -122,7 +133,7 @@ def read_state(path: Path) -> dict:
 def save_checkpoint(
     work_dir: Path,
     step: int,
-    cfg: FinetuneConfig,
+    cfg: FinetuneConfig | AutoencoderConfig,
     state: TrainingState,
     *,
     losses: list[float],
@@ -148,12 +159,50 @@ def save_checkpoint(
         with open(tmp / "state.pt", "wb") as f:  # a Python file: a full disk is an OSError
             torch.save(saved, f)
         meta = {
-            "method": cfg.method,
+            "method": _method(cfg),
             "step": step,
-            "lora_rank": cfg.lora_rank,
-            "base_model": cfg.base_model,
+            "lora_rank": getattr(cfg, "lora_rank", None),
+            "base_model": getattr(cfg, "base_model", "scratch"),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     for old in _checkpoints(folder)[: -cfg.checkpoints_total_limit]:
         remove(old)
     return target
+
+
+def resume_state(
+    work_dir: Path,
+    cfg: FinetuneConfig | AutoencoderConfig,
+    state: TrainingState,
+    *,
+    resume: bool,
+    resume_from: Path | None,
+    stage: str,
+) -> tuple[int, list[float], list[float]]:
+    """Restore the newest intact checkpoint (or ``resume_from``); (0, [], []) if none.
+
+    A truncated or missing newest checkpoint falls back to the one before, with a note.
+    """
+    if resume_from:
+        candidates = [resume_from]
+    else:
+        candidates = checkpoints_newest_first(work_dir) if resume else []
+    for k, checkpoint in enumerate(candidates):
+        try:
+            return load_checkpoint(checkpoint, cfg, state)
+        except UnreadableCheckpoint as err:
+            if resume_from:
+                raise CheckpointError(
+                    f"{err}; give --resume-from an intact checkpoint, or rerun with --no-resume"
+                ) from None
+            if k + 1 == len(candidates):
+                raise CheckpointError(
+                    f"{err}, and no earlier checkpoint is intact: rerun with --no-resume "
+                    f"(or delete {work_dir}) to start over"
+                ) from None
+            print(
+                f"{stage}: {err}; resuming from the previous checkpoint "
+                f"{candidates[k + 1]} instead",
+                file=sys.stderr,
+            )
+    return 0, [], []

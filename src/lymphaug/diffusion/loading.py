@@ -209,14 +209,15 @@ def load_finetuned(model_dir: Path, root: Path = Path(".")):
 
 @contextmanager
 def cpu_threads(base_model: str) -> Iterator[None]:
-    """One intra-op thread for the tiny model on a CPU, restored afterwards.
+    """One intra-op thread for the tiny and the from-scratch models on a CPU, restored after.
 
-    Its kernels are too small to split across threads; on a shared 2-core machine extra
+    Their kernels are too small to split across threads; on a shared 2-core machine extra
     threads only spin against each other (measured: 0.08 s/step with one thread, 0.2-12 s
-    with two under load). Real models keep torch's default.
+    with two under load; scratch at 64 px under load: 1.4 s/step with one, 3.9 with two).
+    Real models keep torch's default.
     """
     before = torch.get_num_threads()
-    if base_model == "tiny" and not torch.cuda.is_available():
+    if base_model in ("tiny", "scratch") and not torch.cuda.is_available():
         torch.set_num_threads(1)
     try:
         yield

@@ -10,6 +10,9 @@ base a LoRA adapter was trained on instead of storing it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 TINY = "tiny"
@@ -50,35 +53,88 @@ def tiny_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_LENGTH)
 
 
-def build_tiny_pipeline(seed: int):
-    """The tiny StableDiffusionPipeline, identical for the same ``seed`` (random init, fp32)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+def _text_encoder(tokenizer):
+    """A small CLIP text encoder (random weights; callers seed torch first)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = tiny_tokenizer()
     vocab = tokenizer.get_vocab()
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_LENGTH,
+            projection_dim=32,
+            bos_token_id=vocab[BOS],
+            eos_token_id=vocab[EOS],
+            pad_token_id=vocab[EOS],
+        )
+    )
+
+
+def text_encoder_and_tokenizer(seed: int):
+    """The tiny pipeline's frozen text side, identical for the same ``seed``.
+
+    Random weights are enough for conditioning: the class prompts only need distinct
+    embeddings, which the UNet's cross-attention learns to tell apart.
+    """
+    tokenizer = tiny_tokenizer()
+    with seeded(seed):
+        return _text_encoder(tokenizer), tokenizer
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Build random weights from ``seed`` without disturbing the caller's torch RNG."""
     gen_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(vocab),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=MAX_LENGTH,
-                projection_dim=32,
-                bos_token_id=vocab[BOS],
-                eos_token_id=vocab[EOS],
-                pad_token_id=vocab[EOS],
-            )
-        )
+        yield
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+
+def sd_scheduler():
+    """Stable Diffusion v1's training noise schedule."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        steps_offset=1,
+    )
+
+
+def assemble(*, vae, text_encoder, tokenizer, unet):
+    """A StableDiffusionPipeline of these parts with SD v1's schedule (no safety checker)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_pipeline(seed: int):
+    """The tiny StableDiffusionPipeline, identical for the same ``seed`` (random init, fp32)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    tokenizer = tiny_tokenizer()
+    with seeded(seed):
+        text_encoder = _text_encoder(tokenizer)
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
@@ -102,26 +158,4 @@ def build_tiny_pipeline(seed: int):
             attention_head_dim=8,
             norm_num_groups=32,
         )
-    finally:
-        torch.random.set_rng_state(gen_state)
-    # Stable Diffusion v1's training noise schedule.
-    scheduler = DDPMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)

@@ -13,6 +13,8 @@ under fp16/bf16 autocast) with two project-specific choices:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -27,14 +29,7 @@ from PIL import Image
 from lymphaug.common.config import FinetuneConfig
 from lymphaug.common.errors import LymphaugError
 from lymphaug.common.progress import progress
-from lymphaug.diffusion.checkpoints import (
-    CheckpointError,
-    TrainingState,
-    UnreadableCheckpoint,
-    checkpoints_newest_first,
-    load_checkpoint,
-    save_checkpoint,
-)
+from lymphaug.diffusion.checkpoints import TrainingState, resume_state, save_checkpoint
 from lymphaug.diffusion.sampling import validation_grid
 from lymphaug.diffusion.seeding import step_generator
 
@@ -90,6 +85,19 @@ def resize_shorter(image: np.ndarray, resolution: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1)
 
 
+def rescaled(image: np.ndarray, scale: float) -> torch.Tensor:
+    """The from-scratch generator's input: the whole image rescaled by ``scale`` (bicubic,
+    as the classifier rescales by train.scale), so a crop keeps the tissue's pixel scale.
+
+    Returns a CxHxW uint8 tensor.
+    """
+    height, width = image.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size != (width, height):
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
 class Sampler:
     """Training images addressed by position in an endless, epoch-wise shuffled stream.
 
@@ -97,14 +105,25 @@ class Sampler:
     what was drawn before, so a resumed run sees exactly the images it would have seen.
     """
 
-    def __init__(self, images: list[torch.Tensor], cfg: FinetuneConfig):
-        self.images, self.cfg, self._perms = images, cfg, {}
+    def __init__(
+        self,
+        images: list[torch.Tensor],
+        *,
+        resolution: int,
+        batch_size: int,
+        seed: int,
+        random_crop: bool = True,
+        random_flip: bool = True,
+    ):
+        self.images, self._perms = images, {}
+        self.resolution, self.batch_size, self.seed = resolution, batch_size, seed
+        self.random_crop, self.random_flip = random_crop, random_flip
 
     def _index(self, k: int) -> int:
         n = len(self.images)
         epoch, pos = divmod(k, n)
         if epoch not in self._perms:
-            self._perms = {epoch: torch.randperm(n, generator=step_generator(self.cfg.seed, epoch))}
+            self._perms = {epoch: torch.randperm(n, generator=step_generator(self.seed, epoch))}
         return int(self._perms[epoch][pos])
 
     def batch(self, first: int, generator: torch.Generator) -> tuple[torch.Tensor, list[int]]:
@@ -112,18 +131,18 @@ class Sampler:
 
         Crops and flips are drawn from ``generator`` (the caller's per-step generator).
         """
-        crop, out, indices = self.cfg.resolution, [], []
-        for k in range(first, first + self.cfg.batch_size):
+        crop, out, indices = self.resolution, [], []
+        for k in range(first, first + self.batch_size):
             i = self._index(k)
             img = self.images[i]
             height, width = img.shape[1:]
-            if self.cfg.random_crop:
+            if self.random_crop:
                 top = int(torch.randint(0, height - crop + 1, (1,), generator=generator))
                 left = int(torch.randint(0, width - crop + 1, (1,), generator=generator))
             else:
                 top, left = (height - crop) // 2, (width - crop) // 2
             img = img[:, top : top + crop, left : left + crop]
-            if self.cfg.random_flip:
+            if self.random_flip:
                 # histology has no canonical orientation: both flips are valid
                 flips = torch.rand(2, generator=generator)
                 if flips[0] < 0.5:
@@ -221,12 +240,17 @@ def train_unet(
     resume_from: Path | None = None,
     on_step: Callable[[int, float, float], None] | None = None,
     on_validation: Callable[[int, Image.Image], None] | None = None,
+    scale: float | None = None,
 ) -> TrainResult:
     """Fine-tune ``pipe.unet`` in place for ``cfg.max_steps`` optimizer steps; returns the curve.
 
     Resumes from the newest checkpoint in ``work_dir/checkpoints`` (or ``resume_from``) so an
     interrupted run continues where it stopped and ends with the same weights. Raises
     :class:`TrainingDiverged` on a non-finite loss, leaving the checkpoints intact.
+
+    ``scale`` (the from-scratch UNet): crop the images rescaled by it, at their pixel scale,
+    and warm the EMA up (its decay grows with the step, so a short run from random weights
+    is not averaged with them); None: shorter side resized to the resolution, as before.
     """
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -242,7 +266,9 @@ def train_unet(
     trainable = _trainable(unet)
     params = list(trainable.values())
     # An exponential moving average of the trainable weights, used for validation and the result
-    ema = EMAModel(params, decay=0.999) if cfg.use_ema else None
+    ema = None
+    if cfg.use_ema:
+        ema = EMAModel(params, decay=0.999, use_ema_warmup=scale is not None, power=2 / 3)
     if ema is not None:
         ema.to(device)
     optimizer = _make_optimizer(params, cfg)
@@ -254,7 +280,18 @@ def train_unet(
     )
     model, optimizer = accelerator.prepare(unet, optimizer)
     embeds = prompt_embeddings(pipe, data.prompts, device, weight_dtype)
-    sampler = Sampler([resize_shorter(img, cfg.resolution) for img in data.images], cfg)
+    if scale is None:
+        images = [resize_shorter(img, cfg.resolution) for img in data.images]
+    else:
+        images = [rescaled(img, scale) for img in data.images]
+    sampler = Sampler(
+        images,
+        resolution=cfg.resolution,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        random_crop=cfg.random_crop,
+        random_flip=cfg.random_flip,
+    )
     labels = torch.tensor(data.labels)
 
     # Resume: restore weights, optimizer, scheduler, scaler, EMA and the curve so far
@@ -266,34 +303,14 @@ def train_unet(
         ema=ema,
     )
     result = TrainResult(mixed_precision=mixed_precision)
-    start = 0
-    # (the newest intact checkpoint: a truncated or missing one falls back to the one before)
-    if resume_from:
-        candidates = [resume_from]
-    else:
-        candidates = checkpoints_newest_first(work_dir) if resume else []
-    for k, checkpoint in enumerate(candidates):
-        try:
-            start, result.losses, result.lrs = load_checkpoint(checkpoint, cfg, state)
-        except UnreadableCheckpoint as err:
-            if resume_from:
-                raise CheckpointError(
-                    f"{err}; give --resume-from an intact checkpoint, or rerun with --no-resume"
-                ) from None
-            if k + 1 == len(candidates):
-                raise CheckpointError(
-                    f"{err}, and no earlier checkpoint is intact: rerun with --no-resume "
-                    f"(or delete {work_dir}) to start over"
-                ) from None
-            if accelerator.is_main_process:
-                print(
-                    f"finetune: {err}; resuming from the previous checkpoint "
-                    f"{candidates[k + 1]} instead",
-                    file=sys.stderr,
-                )
-            continue
-        result.resumed_from = start
-        break
+    # (the newest intact checkpoint: a truncated or missing one falls back to the one before;
+    # only the main process says so)
+    quiet = not accelerator.is_main_process
+    with contextlib.redirect_stderr(io.StringIO()) if quiet else nullcontext():
+        start, result.losses, result.lrs = resume_state(
+            work_dir, cfg, state, resume=resume, resume_from=resume_from, stage="finetune"
+        )
+    result.resumed_from = start
 
     accum_steps = cfg.gradient_accumulation_steps
     num_processes, rank = accelerator.num_processes, accelerator.process_index
@@ -360,7 +377,8 @@ def train_unet(
                 if not torch.isfinite(mean_loss):
                     bar.close()
                     raise TrainingDiverged(
-                        f"fine-tuning loss became {float(mean_loss)} at step {step + 1}: "
+                        f"finetune (UNet phase): loss became {float(mean_loss)} at step "
+                        f"{step + 1}: "
                         f"training diverged (finetune.learning_rate={cfg.learning_rate:g} too "
                         f"high? fp16 overflow?). Checkpoints kept in {work_dir}; lower the "
                         "learning rate and rerun (--no-resume to start over)"
