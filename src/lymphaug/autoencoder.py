@@ -28,7 +28,7 @@ from lymphaug.common.files import atomic_path, remove, write_text_atomic
 from lymphaug.common.images import read_rgb
 from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.manifest import SPLIT_COLUMNS, read_table
-from lymphaug.common.paths import Layout
+from lymphaug.common.paths import AUTOENCODER_METRICS, Layout
 from lymphaug.finetune import (
     check_crops_fit,
     clean_stale,
@@ -38,7 +38,7 @@ from lymphaug.finetune import (
 )
 
 CURVE = "autoencoder_loss.csv"
-METRICS = "autoencoder.json"
+METRICS = AUTOENCODER_METRICS
 SHEET = "autoencoder_reconstructions.png"
 SHEET_PER_CLASS = 3
 
@@ -47,7 +47,7 @@ def _write_reports(layout: Layout, *, curve: pd.DataFrame, metrics: dict, sheet)
     with atomic_path(layout.reports / CURVE) as tmp:
         curve.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6g")
     text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
-    write_text_atomic(layout.reports / METRICS, text)
+    write_text_atomic(layout.autoencoder_metrics, text)
     with atomic_path(layout.reports / SHEET) as tmp:
         sheet.save(tmp, format="PNG")
 

@@ -7,6 +7,7 @@ hashed, real profile YAML files), so each sentence is checked against what it cl
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pandas as pd
 import yaml
@@ -82,10 +83,20 @@ def test_generator_says_whether_its_weights_were_pretrained(tmp_path):
     layout = Layout(tmp_path)
 
     def line(base):
-        return provenance.generator_line(_params(finetune={"base_model": base}).finetune, layout)
+        return provenance.generator_line(_params(finetune={"base_model": base}), layout)
 
     assert "**the synthetic images are noise by construction**" in line("tiny")
-    assert "**trained from scratch** on the training split" in line("scratch")
+    scratch = {"autoencoder": {"width": 16, "max_steps": 200}}
+    unet = {"base_model": "scratch", "unet_width": 32}
+    before = provenance.generator_line(_params(finetune=unet, **scratch), layout)
+    assert "**trained from scratch** on the training split: an AutoencoderKL (width 16" in before
+    assert "reconstruction error is not known (autoencoder.json missing" in before
+    layout.autoencoder_metrics.parent.mkdir(parents=True)
+    layout.autoencoder_metrics.write_text(
+        json.dumps({"trained": True, "val": {"images": 15, "l1": 13.4007, "psnr": 21.922}})
+    )
+    after = provenance.generator_line(_params(finetune=unet, **scratch), layout)
+    assert "reconstruction of 15 unseen validation crops: L1 13.4/255, PSNR 21.9 dB" in after
     (tmp_path / "sd15").mkdir()
     assert "**pretrained** weights from the local folder `sd15`" in line("sd15")
     hub = line("stable-diffusion-v1-5/stable-diffusion-v1-5")

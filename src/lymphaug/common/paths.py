@@ -10,6 +10,8 @@ from pathlib import Path
 
 from lymphaug.common.files import short_digest
 
+AUTOENCODER_METRICS = "autoencoder.json"
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -77,6 +79,12 @@ class Layout:
     @property
     def reports(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def autoencoder_metrics(self) -> Path:
+        """The autoencoder's reconstruction error on training and unseen crops (the report
+        quotes it)."""
+        return self.reports / AUTOENCODER_METRICS
 
     @property
     def dct_contact_sheet(self) -> Path:

@@ -10,11 +10,12 @@ source), the line says so instead of trusting either.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from lymphaug.common import manifest
-from lymphaug.common.config import FinetuneConfig, Params, TrainConfig, read_yaml
+from lymphaug.common.config import Params, TrainConfig, read_yaml
 from lymphaug.common.errors import LymphaugError
 from lymphaug.common.paths import Layout
 
@@ -97,8 +98,24 @@ def data_line(params: Params, layout: Layout) -> tuple[str, bool]:
     return line, (cfg.source == "sample") if built_from_sample is None else built_from_sample
 
 
-def generator_line(cfg: FinetuneConfig, layout: Layout) -> str:
+def autoencoder_quality(layout: Layout) -> str:
+    """The autoencoder's reconstruction error on unseen crops, as its stage measured it: the
+    synthetic images cannot be sharper than what the autoencoder can reconstruct."""
+    path = layout.autoencoder_metrics
+    try:
+        metrics = json.loads(path.read_text())
+        val = metrics["val"]
+        return (
+            f"reconstruction of {val['images']} unseen validation crops: L1 {val['l1']:.1f}/255, "
+            f"PSNR {val['psnr']:.1f} dB"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its reconstruction error is not known ({path.name} missing or unreadable)"
+
+
+def generator_line(params: Params, layout: Layout) -> str:
     """The diffusion base and whether its weights were pretrained."""
+    cfg = params.finetune
     base = cfg.base_model
     training = f"{cfg.max_steps} steps at {cfg.resolution} px on the training split"
     if base == "tiny":
@@ -109,9 +126,16 @@ def generator_line(cfg: FinetuneConfig, layout: Layout) -> str:
             "construction**"
         )
     if base == "scratch":
+        ae = params.autoencoder
+        autoencoder = (
+            f"an AutoencoderKL (width {ae.width}, {ae.max_steps} steps on {ae.resolution} px "
+            f"crops of the images x{ae.scale:g}; {autoencoder_quality(layout)})"
+            if ae is not None
+            else "an autoencoder"
+        )
         return (
             "diffusion base `scratch`: no pretrained weights, **trained from scratch** on the "
-            f"training split ({training})"
+            f"training split: {autoencoder}, then a UNet in its latent space ({training})"
         )
     where = (
         f"the local folder `{base}`"
@@ -178,7 +202,7 @@ def describe(params: Params, layout: Layout) -> RunFacts:
     return RunFacts(
         data=data,
         is_sample=is_sample,
-        generator=generator_line(params.finetune, layout),
+        generator=generator_line(params, layout),
         classifier=classifier_line(params.train),
         profile=profile_line(params, layout),
     )
