@@ -195,3 +195,9 @@ def test_mcnemar_mde_has_about_the_stated_power_by_simulation():
     assert "too few pairs" in stats.mcnemar_mde(4, 1, alpha=0.05).note
     line = stats.power_line(power)
     assert "McNemar" in line and "80% power" in line and "20.0%" in line
+
+
+def test_paired_t_mde_with_two_seeds_is_finite_and_large():
+    """Two seeds (df = 1) once made scipy's non-central t return NaN and compare crash."""
+    power = stats.paired_t_mde(np.array([0.0, 0.0556]), alpha=0.05)
+    assert power.mde is not None and math.isfinite(power.mde) and 0.3 < power.mde < 0.6

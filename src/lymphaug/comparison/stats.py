@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import integrate, optimize, stats
 
 #: McNemar: below this many discordant pairs use the exact binomial test.
 MCNEMAR_EXACT_BELOW = 25
@@ -277,11 +277,26 @@ class Power:
     note: str = ""
 
 
+def _t_test_power(nc: float, *, df: int, t_crit: float) -> float:
+    """P(|T| > t_crit) for T non-central t(df, nc), integrated over the chi-square quantiles.
+
+    scipy.stats.nct returns NaN far in its tails (df = 1, nc > ~40: two seeds), which is
+    exactly where a small design's power is decided; this integral stays finite there.
+    """
+
+    def given_quantile(u: float) -> float:
+        scale = t_crit * math.sqrt(stats.chi2.ppf(u, df) / df)
+        return float(stats.norm.sf(scale - nc) + stats.norm.cdf(-scale - nc))
+
+    value, _ = integrate.quad(given_quantile, 0.0, 1.0, limit=200)
+    return value
+
+
 def paired_t_mde(diffs: np.ndarray, *, alpha: float, power: float = POWER) -> Power:
     """Smallest mean difference a two-sided paired t-test detects, from the observed spread.
 
     Exact under normal differences: the non-central t with n - 1 degrees of freedom and
-    non-centrality delta * sqrt(n) / sd (scipy.stats.nct), solved for delta.
+    non-centrality delta * sqrt(n) / sd, solved for delta.
     """
     diffs = np.asarray(diffs, dtype=np.float64)
     n = int(diffs.size)
@@ -312,8 +327,7 @@ def paired_t_mde(diffs: np.ndarray, *, alpha: float, power: float = POWER) -> Po
     t_crit = float(stats.t.ppf(1 - alpha / 2, df))
 
     def shortfall(delta: float) -> float:
-        nc = delta * math.sqrt(n) / sd
-        return float(stats.nct.sf(t_crit, df, nc) + stats.nct.cdf(-t_crit, df, nc)) - power
+        return _t_test_power(delta * math.sqrt(n) / sd, df=df, t_crit=t_crit) - power
 
     high = sd
     while shortfall(high) < 0:
