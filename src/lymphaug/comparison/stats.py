@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy import integrate, optimize, stats
@@ -300,28 +301,14 @@ def paired_t_mde(diffs: np.ndarray, *, alpha: float, power: float = POWER) -> Po
     """
     diffs = np.asarray(diffs, dtype=np.float64)
     n = int(diffs.size)
-    test = "paired t-test over seeds"
+    sized = partial(Power, test="paired t-test over seeds", units=n, alpha=alpha, power=power)
     if n < 2:
-        return Power(
-            test=test,
-            units=n,
-            alpha=alpha,
-            power=power,
-            mde=None,
-            basis="",
-            note="needs at least two seeds",
-        )
+        return sized(mde=None, basis="", note="needs at least two seeds")
     sd = float(diffs.std(ddof=1))
     basis = f"sd of the paired differences {100 * sd:.1f} points"
     if sd == 0:
-        return Power(
-            test=test,
-            units=n,
-            alpha=alpha,
-            power=power,
-            mde=None,
-            basis=basis,
-            note="the differences do not vary: no spread to size a test on",
+        return sized(
+            mde=None, basis=basis, note="the differences do not vary: no spread to size a test on"
         )
     df = n - 1
     t_crit = float(stats.t.ppf(1 - alpha / 2, df))
@@ -333,7 +320,7 @@ def paired_t_mde(diffs: np.ndarray, *, alpha: float, power: float = POWER) -> Po
     while shortfall(high) < 0:
         high *= 2
     delta = float(optimize.brentq(shortfall, 0.0, high, xtol=1e-6 * sd))
-    return Power(test=test, units=n, alpha=alpha, power=power, mde=delta, basis=basis)
+    return sized(mde=delta, basis=basis)
 
 
 def mcnemar_mde(n_pairs: int, n_discordant: int, *, alpha: float, power: float = POWER) -> Power:
@@ -342,16 +329,12 @@ def mcnemar_mde(n_pairs: int, n_discordant: int, *, alpha: float, power: float =
     Normal approximation (Connor, 1987) at the observed discordance rate p_d:
     sqrt(n) * d = z(1 - alpha/2) * sqrt(p_d) + z(power) * sqrt(p_d - d^2), solved for d.
     """
-    test = "McNemar over (seed, image) pairs"
+    sized = partial(
+        Power, test="McNemar over (seed, image) pairs", units=n_pairs, alpha=alpha, power=power
+    )
     if n_pairs == 0 or n_discordant == 0:
-        return Power(
-            test=test,
-            units=n_pairs,
-            alpha=alpha,
-            power=power,
-            mde=None,
-            basis="",
-            note="no discordant pairs observed: no rate to size the test on",
+        return sized(
+            mde=None, basis="", note="no discordant pairs observed: no rate to size the test on"
         )
     p_d = n_discordant / n_pairs
     basis = f"the two conditions disagree on {100 * p_d:.1f}% of the pairs"
@@ -361,17 +344,13 @@ def mcnemar_mde(n_pairs: int, n_discordant: int, *, alpha: float, power: float =
         return math.sqrt(n_pairs) * d - z_a * math.sqrt(p_d) - z_b * math.sqrt(p_d - d * d)
 
     if shortfall(p_d) < 0:  # not even a one-sided sweep of every disagreement is detectable
-        return Power(
-            test=test,
-            units=n_pairs,
-            alpha=alpha,
-            power=power,
+        return sized(
             mde=None,
             basis=basis,
             note="too few pairs: no difference this small a set can show is detectable",
         )
     d = float(optimize.brentq(shortfall, 0.0, p_d, xtol=1e-9))
-    return Power(test=test, units=n_pairs, alpha=alpha, power=power, mde=d, basis=basis)
+    return sized(mde=d, basis=basis)
 
 
 def power_line(power: Power) -> str:
