@@ -57,6 +57,8 @@ def dvc_repo(tmp_path, repo_root) -> Path:
     shutil.copytree(
         repo_root / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
     )
+    # compare depends on the presets (the report names the profile params match)
+    shutil.copytree(repo_root / "profiles", repo / "profiles")
     sh(repo, "git", "init", "-q")
     sh(repo, "dvc", "init", "-q")
     set_param(repo, "ingest", "source", "sample")
