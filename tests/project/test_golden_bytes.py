@@ -2,10 +2,11 @@
 
 Why: DVC and the report are only reproducible if "same params + same install = same
 bytes" holds across machines, not just across reruns on one venv. A dependency that
-resolves differently (pillow's zlib, numpy's RNG or resampling) once changed the sample
-set's hash on a fresh install while every test still passed. These goldens are the hashes
-committed in dvc.lock for the quick profile; a change in them is either a deliberate change
-of a data stage (rerun ``dvc repro`` and update both) or an install drifting from the lock.
+resolves differently (pillow's zlib, numpy's RNG or resampling) could change the sample
+set's hash, and so did numpy's CPU-specific SIMD kernels (the last test below). These
+goldens are the hashes committed in dvc.lock for the quick profile; a change in them is
+either a deliberate change of a data stage (rerun ``dvc repro`` and update both) or an
+install drifting from the lock.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from lymphaug.common.paths import Layout
 
 # DVC's md5 of each output (a folder: md5 of its sorted {md5, relpath} list, ".dir").
 GOLDEN = {
-    "data/raw": "a2a2ac4b31ddbd44ed3c4473b696555b.dir",
+    "data/raw": "ee5307f6fd7941b6454d895e83facc88.dir",
     "data/split.csv": "eb41de0722de312b5c3957f04a166fa2",
-    "data/dct": "29b88c83a980f8bbdff1879dafae6501.dir",
-    "reports/dct_contact_sheet.png": "0d273d6cdc5be75206d7beff0fcd74ed",
+    "data/dct": "01f5c2746f6b570bb7c843f1266fbc45.dir",
+    "reports/dct_contact_sheet.png": "80c63c44ed441cbd08177eaf61f47099",
 }
 
 
@@ -66,3 +67,43 @@ def test_sample_set_split_and_dct_are_byte_identical(tmp_path, default_params):
     for stage in (ingest, split, dct):
         stage.run(default_params, layout, None)
     assert {path: dvc_md5(tmp_path / path) for path in GOLDEN} == GOLDEN
+
+
+SAMPLE_DIGEST_SCRIPT = """
+import hashlib
+from lymphaug.sources.sample import sample_image
+digest = hashlib.md5()
+for class_index in range(3):
+    for index in range(12):  # the float32 generator differed in 5 of these 36 on AVX2 vs SSE4
+        digest.update(sample_image(0, class_index, index, height=312, width=417).tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_sample_set_does_not_depend_on_the_cpus_simd_path():
+    """Another CPU gives the same sample set: numpy's SIMD kernels (AVX2, AVX-512) differ in
+    the last bits of sin, exp, power..., which once flipped pixels after rounding, so a fresh
+    clone on a different CPU got another data/raw hash. Here the same images are made with
+    every dispatched instruction set numpy found on this CPU switched off (as on an older
+    CPU), in a fresh process, and must be the same bytes."""
+    import os
+    import subprocess
+    import sys
+
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    dispatched = [name for name in __cpu_dispatch__ if __cpu_features__.get(name)]
+    if not dispatched:
+        pytest.skip("this CPU has no SIMD path beyond numpy's baseline to switch off")
+
+    def digest(**env: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", SAMPLE_DIGEST_SCRIPT],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.strip()
+
+    assert digest() == digest(NPY_DISABLE_CPU_FEATURES=" ".join(dispatched))

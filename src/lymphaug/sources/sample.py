@@ -9,7 +9,14 @@ optical density is ``H * hematoxylin + E * eosin`` (Beer-Lambert), so nuclei are
 purple where hematoxylin is dense and the stroma pink, with per-image stain
 jitter like real slides. Nuclei are stamped as soft, optionally irregular
 ellipses into a density field all at once (one ``(N, P, P)`` array per image
-and one ``np.bincount``), so 90 images take about a second.
+and one ``np.bincount``), so 90 images take a few seconds.
+
+The arithmetic is float64 throughout, for the same bytes on every CPU: numpy runs sin, exp,
+arctan2, power... through SIMD kernels chosen at run time (SSE4, AVX2, AVX-512) that differ
+in the last bits. In float32 those differences flipped pixels after rounding (5 of 36 images
+differed between AVX2 and SSE4 kernels, so the quick profile's data/raw had another hash on
+another CPU); in float64 they are ~1e-13 of a grey level, far below the rounding step
+(tests/project/test_golden_bytes.py switches the kernels off and compares).
 
 The classes differ the way the real subtypes are described, with overlapping
 per-image ranges so the task is learnable but not trivial:
@@ -123,14 +130,10 @@ def _stamp_nuclei(
     dark = rng.uniform(*style.darkness) * rng.uniform(0.85, 1.15, n)
 
     half = int(np.ceil(a.max() * (1 + irr.max()))) + 2
-    offs = np.arange(-half, half + 1, dtype=np.float32)
+    offs = np.arange(-half, half + 1, dtype=np.float64)
     cy, cx = np.floor(y).astype(int), np.floor(x).astype(int)
-    # float32 patches: half the memory traffic of float64, same look
-    theta, a, b, irr, r, dark = (z.astype(np.float32) for z in (theta, a, b, irr, r, dark))
-    k1, k2 = k1.astype(np.float32), k2.astype(np.float32)
-    ph1, ph2 = ph1.astype(np.float32), ph2.astype(np.float32)
-    dy = offs[None, :, None] - (y - cy).astype(np.float32)[:, None, None]
-    dx = offs[None, None, :] - (x - cx).astype(np.float32)[:, None, None]
+    dy = offs[None, :, None] - (y - cy)[:, None, None]
+    dx = offs[None, None, :] - (x - cx)[:, None, None]
     c, s = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
     u = (dx * c + dy * s) / a[:, None, None]
     v = (-dx * s + dy * c) / b[:, None, None]
