@@ -31,7 +31,7 @@ from lymphaug.common.errors import LymphaugError
 from lymphaug.common.progress import progress
 from lymphaug.diffusion.checkpoints import TrainingState, resume_state, save_checkpoint
 from lymphaug.diffusion.sampling import validation_grid
-from lymphaug.diffusion.seeding import step_generator
+from lymphaug.diffusion.seeding import LORA_INIT_STEP, derived_seed, seeded, step_generator
 
 MAX_GRAD_NORM = 1.0
 HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # by accelerate's mixed_precision
@@ -206,17 +206,20 @@ def _prepare_models(pipe, cfg: FinetuneConfig, *, device, weight_dtype):
     if cfg.method == "lora":
         from peft import LoraConfig
 
-        # Freeze the UNet and add trainable LoRA adapters to its attention projections
+        # Freeze the UNet and add trainable LoRA adapters to its attention projections; peft
+        # draws their initial weights from torch's global generator: seed it from
+        # finetune.seed for this call only, so two runs start from the same adapter
         unet.requires_grad_(False)
         unet.to(device, dtype=weight_dtype)
-        unet.add_adapter(
-            LoraConfig(
-                r=cfg.lora_rank,
-                lora_alpha=cfg.lora_rank,
-                init_lora_weights="gaussian",
-                target_modules=LORA_TARGETS,
+        with seeded(derived_seed(cfg.seed, LORA_INIT_STEP)):
+            unet.add_adapter(
+                LoraConfig(
+                    r=cfg.lora_rank,
+                    lora_alpha=cfg.lora_rank,
+                    init_lora_weights="gaussian",
+                    target_modules=LORA_TARGETS,
+                )
             )
-        )
         # trainable adapters stay fp32 under fp16 autocast ("Attempting to unscale FP16 gradients")
         cast_training_params(unet, dtype=torch.float32)
     else:
