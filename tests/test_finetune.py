@@ -110,6 +110,14 @@ def test_lora_saves_only_the_adapter_and_logs_to_mlflow(layout, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "finetune_loss.csv", "images"} <= artifacts
     assert result.losses == [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+    # the validation grids are sampled at finetune.resolution (16 px: 2 columns, 3 classes)
+    grids = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    grids = [p for p in grids if p.endswith(".png")]
+    assert len(grids) == 2
+    from PIL import Image
+
+    local = client.download_artifacts(run.info.run_id, grids[0], str(tmp_path))
+    assert Image.open(local).size == (2 * (16 + 2) + 2, 3 * (16 + 2) + 2)
 
 
 def test_two_fresh_lora_runs_give_the_same_adapter_bytes(tmp_path):

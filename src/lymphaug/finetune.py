@@ -33,8 +33,16 @@ from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.manifest import RAW_COLUMNS, SPLIT_COLUMNS, assert_train_only, read_table
 from lymphaug.common.paths import Layout
 
-# settings that change where checkpoints are written or how often we look, not the result
-_NOT_HASHED = {"checkpoint_every", "checkpoints_total_limit", "validation_every"}
+# settings that change where checkpoints go, how often and how closely we look, or the speed:
+# not the result
+_NOT_HASHED = {
+    "checkpoint_every",
+    "checkpoints_total_limit",
+    "validation_every",
+    "validation_steps",
+    "num_threads",
+    "max_cpu_hours",
+}
 
 
 def training_rows(split: pd.DataFrame, classes: list[str], prompts: dict[str, str]) -> pd.DataFrame:

@@ -9,7 +9,6 @@ from lymphaug.common.images import to_uint8
 from lymphaug.diffusion.seeding import step_generator
 
 SCHEDULERS = ("dpmsolver++", "ddpm", "pndm", "euler")
-VALIDATION_STEPS = 20
 
 
 def make_scheduler(name: str, config):
@@ -83,11 +82,15 @@ def real_vs_synthetic_sheet(
     return sheet
 
 
-def validation_grid(pipe, prompts: list[str], seed: int, *, per_class: int = 2) -> Image.Image:
-    """``per_class`` samples per prompt (rows: classes), DPM-Solver++.
+def validation_grid(
+    pipe, prompts: list[str], seed: int, *, resolution: int, steps: int, per_class: int = 2
+) -> Image.Image:
+    """``per_class`` samples per prompt (rows: classes), DPM-Solver++, ``steps`` steps.
 
-    The seeds are the same at every call, so grids from successive steps show what training
-    changed rather than new noise.
+    At the training ``resolution`` (finetune.resolution), which is what the model learnt and
+    what a grid can judge: Stable Diffusion's own 512 px would cost ~28 minutes per grid on a
+    CPU. The seeds are the same at every call, so grids from successive steps show what
+    training changed rather than new noise.
     """
     from diffusers import DPMSolverMultistepScheduler
 
@@ -100,12 +103,12 @@ def validation_grid(pipe, prompts: list[str], seed: int, *, per_class: int = 2) 
             generators = [step_generator(seed, 10**6, class_index, i) for i in range(per_class)]
             out = pipe(
                 [prompt] * per_class,
-                num_inference_steps=VALIDATION_STEPS,
+                num_inference_steps=steps,
                 guidance_scale=4.0,
                 generator=generators,
                 output_type="np",
-                height=pipe.unet.config.sample_size * pipe.vae_scale_factor,
-                width=pipe.unet.config.sample_size * pipe.vae_scale_factor,
+                height=resolution,
+                width=resolution,
             ).images
             rows.append([to_uint8(x * 255.0) for x in out])
     finally:

@@ -420,7 +420,7 @@ def train_unet(
                     ema=ema,
                     params=params,
                     prompts=data.prompts,
-                    seed=cfg.seed,
+                    cfg=cfg,
                 )
                 on_validation(done, grid)
         # Let the other processes catch up (checkpoint, validation) before the next step
@@ -452,7 +452,7 @@ def _loss(pred, target, *, timesteps, snr_gamma: float | None, noise_scheduler) 
 
 
 def _validate(
-    pipe, accelerator, *, model, ema, params, prompts: list[str], seed: int
+    pipe, accelerator, *, model, ema, params, prompts: list[str], cfg: FinetuneConfig
 ) -> Image.Image:
     """Sample with the weights being trained (EMA ones if on), then put training back as it was.
 
@@ -473,7 +473,9 @@ def _validate(
                 accelerator.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
             ),
         ):
-            return validation_grid(pipe, prompts, seed)
+            return validation_grid(
+                pipe, prompts, cfg.seed, resolution=cfg.resolution, steps=cfg.validation_steps
+            )
     finally:
         pipe.unet = original
         if ema is not None:
