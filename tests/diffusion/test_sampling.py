@@ -67,3 +67,19 @@ def test_img2img_starts_from_an_unsquashed_crop(canvas):
     assert abs(width - height) <= 1, (width, height)
     if canvas.source_scale:  # the from-scratch model's pixel scale: the disc 80 -> 40 px
         assert abs(width - 40) <= 1
+
+
+def test_training_crops_are_square_cuts_of_an_unsquashed_image():
+    """Fine-tuning's side of the same rule: shorter side resized to the resolution, square
+    crops cut from it (random ones during training)."""
+    import torch
+
+    from lymphaug.diffusion.training import Sampler, resize_shorter
+
+    image = resize_shorter(disc(417, 312, radius=100), 64)
+    assert tuple(image.shape) == (3, 64, 86)
+    sampler = Sampler([image], resolution=64, batch_size=1, seed=0, random_flip=False)
+    pixels, _ = sampler.batch(0, torch.Generator().manual_seed(0))
+    assert tuple(pixels.shape) == (1, 3, 64, 64)
+    width, height = extent(np.asarray(image.permute(1, 2, 0)))
+    assert abs(width - height) <= 1
