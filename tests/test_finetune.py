@@ -138,6 +138,74 @@ def test_two_fresh_lora_runs_give_the_same_adapter_bytes(tmp_path):
     assert adapters[0] == adapters[1]
 
 
+def test_a_local_base_is_versioned_by_its_weight_files(layout, tmp_path, capsys):
+    """The digest of the base folder's weights is in the model's description and MLflow
+    tags; replaced weights under a LoRA adapter are refused; a base elsewhere in the
+    repository (no DVC dependency) gets a note."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    base = layout.diffusion_base
+    loading.build_tiny_pipeline(0).save_pretrained(base)
+    params = tiny_params(
+        tmp_path, {"base_model": "models/diffusion_base", "method": "lora", "max_steps": 1}
+    )
+    _, info = finetune(params, layout)
+    assert info.base_fingerprint == loading.weights_digest(base) != ""
+    client = MlflowClient(params.mlflow.tracking_uri)
+    exp = client.get_experiment_by_name(params.mlflow.experiment)
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'finetune'")
+    assert run.data.tags["base_fingerprint"] == info.base_fingerprint
+    assert run.data.tags["base_model"] == "models/diffusion_base"
+    assert "note" not in capsys.readouterr().err
+
+    loading.build_tiny_pipeline(1).save_pretrained(base)  # the same files, other weights
+    with pytest.raises(loading.ModelError, match="not the one the LoRA adapter was trained on"):
+        loading.load_finetuned(layout.diffusion_model, layout.root)
+
+    shutil.move(base, layout.root / "elsewhere")
+    params = tiny_params(tmp_path, {"base_model": "elsewhere", "max_steps": 1})
+    finetune(params, layout, track=False)
+    assert "not in models/diffusion_base, the folder dvc.yaml tracks" in capsys.readouterr().err
+
+
+def test_a_hub_base_is_pinned_to_its_resolved_commit(tmp_path, monkeypatch):
+    """Offline, from a Hugging Face cache as the Hub leaves it (refs/main -> a snapshot): the
+    commit main resolved to is in the model's description, and the adapter's base is loaded
+    at that commit even after main moves on."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from lymphaug.generate import generate
+
+    # HF_HUB_CACHE and HF_HUB_OFFLINE, as huggingface_hub holds them once imported
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    layout = make_dataset(tmp_path)
+    repo = tmp_path / "hub" / "models--lymphaug-test--tiny-sd"
+    first, second = "1" * 40, "2" * 40
+    for seed, commit in ((0, first), (1, second)):
+        loading.build_tiny_pipeline(seed).save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(first)
+    params = tiny_params(
+        tmp_path, {"base_model": "lymphaug-test/tiny-sd", "method": "lora", "max_steps": 1}
+    )
+    finetune(params, layout, track=False)  # (the MLflow tags: the local-folder test)
+    assert loading.read_info(layout.diffusion_model).base_fingerprint == first
+
+    # main moves on and the trained-on snapshot goes: generate asks for that commit, by name
+    (repo / "refs" / "main").write_text(second)
+    shutil.rmtree(repo / "snapshots" / first)
+    with pytest.raises(loading.ModelError) as err:
+        generate(params, layout, track=False)
+    message = str(err.value)
+    assert f"cannot load 'lymphaug-test/tiny-sd@{first}'" in message
+    assert "\n" not in message and "stacktrace above" not in message
+
+
 def stop_at(step: int):
     """An on_step hook that interrupts the run at ``step`` (as Ctrl-C would)."""
 

@@ -165,8 +165,14 @@ def _finetune(
     split = read_table(layout.split_csv, SPLIT_COLUMNS)
     train = training_rows(split, params.classes, cfg.prompts)
     identity = finetune_identity(cfg, params.classes, train, layout.raw)
+    base = None
     if cfg.base_model == SCRATCH:  # a retrained autoencoder never resumes an old UNet
         identity.append(_autoencoder_fingerprint(layout))
+    else:  # nor do other base weights (a replaced folder, a new hub commit)
+        base = loading.resolve_base(cfg.base_model, layout.root, cfg.revision)
+        identity.append(base.version)
+        if is_main:
+            _note_untracked_base(base, layout)
     work_dir = layout.work_dir("finetune", identity)
     if is_main:
         stale = clean_stale(layout, work_dir, resume_from and resume_from.resolve())
@@ -180,9 +186,12 @@ def _finetune(
         pipe, scale = _scratch_base(cfg, layout, data, train)
         extra = {"scale": scale}
     else:
-        pipe = loading.load_base(cfg.base_model, cfg.seed, layout.root)
-    # a tiny base is rebuilt from its seed under a LoRA adapter: record it to check it is the same
-    base_fingerprint = loading.unet_fingerprint(pipe.unet) if cfg.base_model == "tiny" else ""
+        pipe = loading.open_base(base, cfg.seed)
+    # the base's version, to rebuild or check it under a LoRA adapter and to say what was used
+    # (a tiny base is rebuilt from its seed: its UNet's fingerprint)
+    base_fingerprint = ""
+    if base is not None:
+        base_fingerprint = base.version or loading.unet_fingerprint(pipe.unet)
     info = loading.ModelInfo(
         method=cfg.method,
         base_model=cfg.base_model,
@@ -217,6 +226,7 @@ def _finetune(
 
     with child_run(params, layout.root, "finetune") as run_id:
         mlflow.log_params({**flat_params("finetune", cfg), "train_images": len(train)})
+        mlflow.set_tags({"base_model": cfg.base_model, "base_fingerprint": base_fingerprint})
         buffer = MetricBuffer(run_id)
 
         def log_step(step: int, loss: float, lr: float) -> None:
@@ -242,6 +252,22 @@ def _finetune(
             mlflow.log_artifact(str(model_dir / loading.INFO_FILE), artifact_path="model")
         mlflow.log_artifact(str(layout.reports / "finetune_loss.csv"))
     return result, saved
+
+
+def _note_untracked_base(base, layout: Layout) -> None:
+    """A local base inside the repository but not in models/diffusion_base is no DVC
+    dependency (dvc.yaml cannot name a folder chosen in params): replacing it would leave
+    finetune "up to date". Say so; its digest still names the work folder and the model."""
+    if base.kind != "path":
+        return
+    folder, root = Path(base.source).resolve(), layout.root.resolve()
+    if folder.is_relative_to(root) and folder != layout.diffusion_base.resolve():
+        print(
+            f"finetune: note: the base model {folder} is inside the repository but not in "
+            f"{layout.diffusion_base.relative_to(layout.root)}, the folder dvc.yaml tracks: "
+            "DVC will not rerun finetune when it changes; move it there",
+            file=sys.stderr,
+        )
 
 
 def _autoencoder_fingerprint(layout: Layout) -> str:
