@@ -206,6 +206,31 @@ def test_a_hub_base_is_pinned_to_its_resolved_commit(tmp_path, monkeypatch):
     assert "\n" not in message and "stacktrace above" not in message
 
 
+def test_a_run_too_long_for_the_cpu_stops_after_its_first_step(layout, tmp_path, capsys):
+    """The paper profile on a CPU: the first step's time says how long, and what to do."""
+    params = tiny_params(tmp_path, {"max_steps": 1000, "max_cpu_hours": 1.0e-6})
+    steps = []
+    with pytest.raises(training.TooSlowOnCpu) as err:
+        finetune(params, layout, track=False, on_step=lambda *a: steps.append(a))
+    message = str(err.value)
+    assert steps == [] and not layout.diffusion_model.exists()
+    assert "on the CPU, so the 1000 steps to go would take about" in message
+    for way_out in ("on a GPU", "finetune.max_steps", "finetune.base_model: scratch"):
+        assert way_out in message
+    assert "\n" not in message
+    seconds = float(message.split("took ")[1].split(" s")[0])
+    assert seconds < 60  # the first step, not the run
+
+
+def test_num_threads_is_set_for_the_run_and_restored():
+    before = torch.get_num_threads()
+    with loading.cpu_threads("stable-diffusion-v1-5/stable-diffusion-v1-5", 1):
+        assert torch.get_num_threads() == 1
+    with loading.cpu_threads("tiny", 2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+
+
 def stop_at(step: int):
     """An on_step hook that interrupts the run at ``step`` (as Ctrl-C would)."""
 

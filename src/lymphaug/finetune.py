@@ -330,7 +330,7 @@ def run(params: Params, layout: Layout, args) -> int:
     start = time.perf_counter()
     from lymphaug.diffusion.loading import cpu_threads
 
-    with cpu_threads(params.finetune.base_model):
+    with cpu_threads(params.finetune.base_model, params.finetune.num_threads):
         result, info = finetune(params, layout, **resume_options(args))
     n = len(result.losses)
     first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))

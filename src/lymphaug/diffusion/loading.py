@@ -291,17 +291,21 @@ def _lora_base(info: ModelInfo, model_dir: Path, root: Path):
 
 
 @contextmanager
-def cpu_threads(base_model: str) -> Iterator[None]:
-    """One intra-op thread for the tiny and the from-scratch models on a CPU, restored after.
+def cpu_threads(base_model: str, num_threads: int = 0) -> Iterator[None]:
+    """``num_threads`` intra-op threads (finetune.num_threads) on a CPU, restored after.
 
-    Their kernels are too small to split across threads; on a shared 2-core machine extra
+    0: one for the tiny and the from-scratch models, torch's default for real ones. The small
+    models' kernels are too small to split across threads; on a shared 2-core machine extra
     threads only spin against each other (measured: 0.08 s/step with one thread, 0.2-12 s
     with two under load; scratch at 64 px under load: 1.4 s/step with one, 3.9 with two).
-    Real models keep torch's default.
+    Under contention one thread was 3-4x faster for Stable Diffusion too: hence the setting.
     """
     before = torch.get_num_threads()
-    if base_model in ("tiny", "scratch") and not torch.cuda.is_available():
-        torch.set_num_threads(1)
+    if not torch.cuda.is_available():
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        elif base_model in ("tiny", "scratch"):
+            torch.set_num_threads(1)
     try:
         yield
     finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -40,6 +41,30 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 class TrainingDiverged(LymphaugError):
     """The loss became NaN or infinite."""
+
+
+class TooSlowOnCpu(LymphaugError):
+    """The first step says the run would take longer on this CPU than allowed."""
+
+
+def check_cpu_time(seconds: float, steps: int, cfg: FinetuneConfig, device: str) -> None:
+    """Stop before paying for a run a CPU cannot finish in ``finetune.max_cpu_hours``.
+
+    ``seconds``: the first of this run's ``steps`` (warm-up included: the estimate is a
+    little high). A Stable Diffusion-size model takes 7 s or more per step on a CPU: the
+    paper profile's 3000 steps of 4 micro-batches would take days.
+    """
+    hours = seconds * steps / 3600
+    if device != "cpu" or hours <= cfg.max_cpu_hours:
+        return
+    raise TooSlowOnCpu(
+        f"the first step took {seconds:.1f} s on the CPU, so the {steps} steps to go would "
+        f"take about {hours:.1f} h (finetune.max_cpu_hours="
+        f"{cfg.max_cpu_hours:g}); run it on a GPU, lower finetune.max_steps or "
+        "finetune.resolution, or train the from-scratch generator on this CPU "
+        "(finetune.base_model: scratch, as the quick and cpu profiles); to wait, raise "
+        "finetune.max_cpu_hours"
+    )
 
 
 @dataclass
@@ -326,6 +351,7 @@ def train_unet(
         main_process=accelerator.is_main_process,
     )
     for step in range(start, cfg.max_steps):
+        started = time.perf_counter()
         model.train()
         step_loss = 0.0
         for micro in range(accum_steps):
@@ -399,6 +425,13 @@ def train_unet(
         # Update the EMA weights
         if ema is not None:
             ema.step(params)
+        # After this run's first step: stop now if the whole run cannot finish on a CPU
+        if step == start:
+            try:
+                check_cpu_time(time.perf_counter() - started, cfg.max_steps - start, cfg, device.type)
+            except TooSlowOnCpu:
+                bar.close()
+                raise
         # Record the step on the curve and the progress bar
         done = step + 1
         result.losses.append(step_loss)
