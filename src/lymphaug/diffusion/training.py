@@ -428,7 +428,8 @@ def train_unet(
         # After this run's first step: stop now if the whole run cannot finish on a CPU
         if step == start:
             try:
-                check_cpu_time(time.perf_counter() - started, cfg.max_steps - start, cfg, device.type)
+                seconds = time.perf_counter() - started
+                check_cpu_time(seconds, cfg.max_steps - start, cfg, device.type)
             except TooSlowOnCpu:
                 bar.close()
                 raise
