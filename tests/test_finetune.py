@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 import yaml
@@ -34,6 +37,17 @@ def layout(tmp_path):
 
 def _weights(pipe):
     return {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+
+
+def current_umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def modes(folder) -> set[int]:
+    """The permission bits of every file under ``folder``."""
+    return {stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*") if p.is_file()}
 
 
 def test_loss_goes_down_on_a_fixed_batch():
@@ -80,6 +94,7 @@ def test_full_finetune_resumes_to_the_same_result(layout, tmp_path):
     again = _weights(loading.load_finetuned(layout.diffusion_model, layout.root)[0])
     assert all(torch.equal(reference[k], again[k]) for k in reference)
     assert info.method == "full" and (layout.diffusion_model / "unet").is_dir()
+    assert modes(layout.diffusion_model) == {0o666 & ~current_umask()}
     assert (layout.reports / "finetune_loss.csv").read_text().count("\n") == 7
 
 
@@ -92,6 +107,7 @@ def test_lora_saves_only_the_adapter_and_logs_to_mlflow(layout, tmp_path):
     result, info = finetune(params, layout)
     files = sorted(p.name for p in layout.diffusion_model.iterdir())
     assert files == [loading.INFO_FILE, loading.LORA_WEIGHTS]
+    assert modes(layout.diffusion_model) == {0o666 & ~current_umask()}  # not owner-only
     assert (layout.diffusion_model / loading.LORA_WEIGHTS).stat().st_size < 200_000
     tuned, _ = loading.load_finetuned(layout.diffusion_model, layout.root)
     base = loading.build_tiny_pipeline(params.finetune.seed)
@@ -229,6 +245,32 @@ def test_num_threads_is_set_for_the_run_and_restored():
     with loading.cpu_threads("tiny", 2):
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before
+
+
+def test_a_large_model_is_a_reference_in_mlflow_not_a_copy(tmp_path):
+    """Weights over the limit (a full Stable Diffusion pipeline) stay in models/diffusion
+    only: the run gets the description and tags naming the DVC output."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from lymphaug.finetune import MLFLOW_COPY_LIMIT, log_model_reference
+
+    model = tmp_path / "models" / "diffusion"
+    (model / "unet").mkdir(parents=True)
+    with open(model / "unet" / "diffusion_pytorch_model.safetensors", "wb") as f:
+        f.truncate(MLFLOW_COPY_LIMIT + 1)  # sparse: as large, without the disk
+    info = loading.write_info(model, loading.ModelInfo("full", "sd", 0, 512, ["a"], {"a": "x"}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        log_model_reference(model, info, root=tmp_path)
+    client = MlflowClient(uri)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == [
+        f"model/{loading.INFO_FILE}"
+    ]
+    tags = client.get_run(run.info.run_id).data.tags
+    assert tags["model_path"] == "models/diffusion"
+    assert tags["model_fingerprint"] == info.fingerprint != ""
 
 
 def stop_at(step: int):

@@ -244,14 +244,34 @@ def _finetune(
             buffer.flush()
         saved = _save(pipe, layout, info=info, result=result, is_main=is_main, work_dir=work_dir)
         mlflow.log_metrics({"final_loss": result.losses[-1], "resumed_from": result.resumed_from})
-        model_dir = layout.diffusion_model
-        if cfg.method == "lora" or cfg.base_model in ("tiny", SCRATCH):
-            mlflow.log_artifacts(str(model_dir), artifact_path="model")
-        else:  # a full SD pipeline: log what changed (the UNet) and the description
-            mlflow.log_artifacts(str(model_dir / "unet"), artifact_path="model/unet")
-            mlflow.log_artifact(str(model_dir / loading.INFO_FILE), artifact_path="model")
+        log_model_reference(layout.diffusion_model, saved, root=layout.root)
         mlflow.log_artifact(str(layout.reports / "finetune_loss.csv"))
     return result, saved
+
+
+MLFLOW_COPY_LIMIT = 100 * 2**20  # bytes: an adapter, the tiny and from-scratch models are less
+
+
+def log_model_reference(model_dir: Path, info, *, root: Path) -> None:
+    """Weights are stored once: in ``models/diffusion``, versioned by DVC (its cache, its
+    remote). The active MLflow run gets tags naming that output and its weights' fingerprint,
+    the description, and a copy of the weights only when they are small: a full Stable
+    Diffusion pipeline is 4 GB (its UNet alone 3.3 GB), which MLflow would store again."""
+    import mlflow
+
+    from lymphaug.diffusion import loading
+
+    mlflow.set_tags(
+        {
+            "model_path": model_dir.relative_to(root).as_posix(),
+            "model_fingerprint": info.fingerprint,
+        }
+    )
+    size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+    if size <= MLFLOW_COPY_LIMIT:
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+    else:
+        mlflow.log_artifact(str(model_dir / loading.INFO_FILE), artifact_path="model")
 
 
 def _note_untracked_base(base, layout: Layout) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from lymphaug.common.errors import DataError, LymphaugError, one_line
-from lymphaug.common.files import sha256_file
+from lymphaug.common.files import sha256_file, umask_modes
 from lymphaug.diffusion.tiny import TINY, build_tiny_pipeline
 
 INFO_FILE = "lymphaug_model.json"
@@ -247,6 +247,7 @@ def save_finetuned(pipe, model_dir: Path, info: ModelInfo) -> ModelInfo:
         )
     else:
         pipe.save_pretrained(model_dir)
+    umask_modes(model_dir)
     return write_info(model_dir, info)
 
 
