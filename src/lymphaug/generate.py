@@ -338,7 +338,8 @@ def generate(
     on_image: Callable[[Job], None] | None = None,
     device: str | None = None,
 ) -> dict:
-    """The whole stage; returns a summary (images made, skipped, seconds, work folder).
+    """The whole stage; returns a summary (images made, skipped, seconds, work folder, the
+    sampling canvas).
 
     The lock is taken first (a second generate refuses before touching MLflow), then the
     MLflow run is opened, so an unreachable tracking server fails before any image is
@@ -418,13 +419,20 @@ def _generate(
         "skipped": len(jobs) - made,
         "seconds": round(seconds, 2),
         "work": str(work),
+        "canvas": canvas,
     }
     if run_id is not None:
         import mlflow
 
         from lymphaug.diffusion.track import flat_params
 
-        mlflow.log_params({**flat_params("generate", cfg), "model": info.fingerprint})
+        mlflow.log_params(
+            {
+                **flat_params("generate", cfg),
+                "model": info.fingerprint,
+                "sampled_at": "x".join(map(str, canvas.sample)),
+            }
+        )
         mlflow.log_metrics(
             {
                 "images": len(jobs),
