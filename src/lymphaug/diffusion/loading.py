@@ -276,9 +276,9 @@ def load_finetuned(model_dir: Path, root: Path = Path(".")):
 
 def _lora_base(info: ModelInfo, model_dir: Path, root: Path):
     """The very base the adapter was trained on (see the module docstring), or a clear error."""
-    ref = resolve_base(info.base_model, root)
-    if ref.kind == "hub" and info.base_fingerprint:
-        ref = BaseRef(ref.name, ref.kind, ref.source, info.base_fingerprint)  # that commit
+    hub = base_kind(info.base_model, root) == "hub"
+    # a hub id at the recorded commit (a commit hash resolves without asking the Hub)
+    ref = resolve_base(info.base_model, root, (info.base_fingerprint or None) if hub else None)
     changed = ref.kind == "path" and info.base_fingerprint not in ("", ref.version)
     pipe = open_base(ref, info.tiny_seed)
     if ref.kind == "tiny" and info.base_fingerprint:
