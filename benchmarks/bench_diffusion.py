@@ -10,15 +10,22 @@ CPU ``--tiny``: the random-weight tiny model through the project's code (``train
 under accelerate, the generate stage's sampling) beside a plain reference in the same
 process: a bare diffusers UNet forward/backward/AdamW loop and a bare sampling loop.
 
-GPU (``--gpu``): a full-size Stable Diffusion v1.5 UNet built from its config (random
-weights, nothing downloaded) at 512 px (64x64 latents), batch 1: steps/s and peak memory
-for ``full`` (bf16 or fp16 autocast, gradient checkpointing, 8-bit Adam when bitsandbytes
-is installed) and ``lora`` (rank 4 on to_q/to_k/to_v/to_out.0, frozen fp16 base, fp32
-adapters, gradient checkpointing). The frozen VAE and text encoder are not included.
+Stable Diffusion size (``--sd``; ``--gpu`` is ``--sd --device cuda``): the UNet of a local
+diffusers folder (``--model PATH``, e.g. the SD v1.5 weights or the random-weight folder
+:mod:`lymphaug.diffusion.sd15` saves), else SD v1.5's UNet built from its config (random
+weights, nothing downloaded), at ``--resolution`` (512 px: 64x64 latents), batch 1, on
+``--device``: steps/s and peak memory (CUDA: allocated; CPU: the process's peak RSS, which
+only grows) for ``full`` (bf16 or fp16 autocast, gradient checkpointing, 8-bit Adam when
+bitsandbytes is installed) and ``lora`` (rank 4 on to_q/to_k/to_v/to_out.0, frozen
+half-precision base, fp32 adapters, gradient checkpointing); the frozen VAE and text encoder
+are not included. ``--images N``: then generation images/s of the whole pipeline with
+``--sample-steps`` DPM-Solver++ steps (30) and guidance.
 
     python benchmarks/bench_diffusion.py [--steps 20] [--threads 1]
     python benchmarks/bench_diffusion.py --tiny [--steps 20] [--threads 1]
-    python benchmarks/bench_diffusion.py --gpu [--steps 20] [--dtype bf16]
+    python benchmarks/bench_diffusion.py --gpu [--steps 20] [--dtype bf16] [--model PATH]
+    python benchmarks/bench_diffusion.py --sd --device cpu --model PATH --steps 2 \
+        --resolution 64 --images 2 --sample-steps 2
 """
 
 from __future__ import annotations
@@ -32,19 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-SD15_UNET = dict(
-    sample_size=64,
-    in_channels=4,
-    out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-    norm_num_groups=32,
-)
 
 
 def peak_rss_mb() -> float:
@@ -320,41 +314,65 @@ def scratch(steps: int, name: str) -> None:
     )
 
 
-# --- GPU: full-size SD v1.5 UNet from its config -----------------------------------------
+# --- Stable Diffusion size: a local folder's UNet or SD v1.5's from its config -------------
 
 
-def gpu(steps: int, dtype_name: str) -> None:
-    from diffusers import UNet2DConditionModel
+def sd(args) -> None:
     from diffusers.training_utils import cast_training_params
 
-    if not torch.cuda.is_available():
-        sys.exit("--gpu: no CUDA device")
-    dev = torch.device("cuda")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    from lymphaug.common.quiet import quiet_diffusers
+
+    quiet_diffusers()  # the stages' filters: no "kept in float32: []" per model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    dev = torch.device(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    cuda = dev.type == "cuda"
+    name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} thread(s)"
+    source = args.model or "SD v1.5 UNet from its config (random weights)"
     print(
-        f"{torch.cuda.get_device_name()}, torch {torch.__version__}, SD v1.5 UNet (random "
-        f"weights), 512 px (64x64 latents), batch 1, {dtype_name} autocast"
+        f"{name}, torch {torch.__version__}, {source}, {args.resolution} px, batch 1, "
+        f"{args.dtype} autocast"
     )
     try:
         import bitsandbytes as bnb
 
-        adam8 = bnb.optim.AdamW8bit
+        adam8 = bnb.optim.AdamW8bit if cuda else None
     except ImportError:
         adam8 = None
 
+    def load_unet():
+        if args.model:
+            from diffusers import UNet2DConditionModel
+
+            return UNet2DConditionModel.from_pretrained(args.model, subfolder="unet")
+        from lymphaug.diffusion.sd15 import build_unet
+
+        return build_unet(0)
+
+    def memory() -> str:
+        if cuda:
+            return f"peak {torch.cuda.max_memory_allocated() / 2**30:6.2f} GiB"
+        return f"peak RSS {peak_rss_mb() / 1024:6.2f} GiB"
+
     def run(label: str, method: str, *, checkpointing: bool, eight_bit: bool) -> None:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         torch.manual_seed(0)
-        unet = UNet2DConditionModel(**SD15_UNET)
+        unet = load_unet()
+        latent = args.resolution // vae_factor(args.model)
         if method == "lora":
             from peft import LoraConfig
 
+            from lymphaug.diffusion.training import LORA_TARGETS
+
             unet.requires_grad_(False)
             unet.to(dev, dtype=dtype)
-            targets = ["to_q", "to_k", "to_v", "to_out.0"]
             lora = LoraConfig(
-                r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets
+                r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=LORA_TARGETS
             )
             unet.add_adapter(lora)
             cast_training_params(unet, dtype=torch.float32)
@@ -366,14 +384,14 @@ def gpu(steps: int, dtype_name: str) -> None:
         params = [p for p in unet.parameters() if p.requires_grad]
         opt_cls = adam8 if (eight_bit and adam8) else torch.optim.AdamW
         opt = opt_cls(params, lr=1e-5)
-        scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-        lat = torch.randn(1, 4, 64, 64, device=dev)
-        emb = torch.randn(1, 77, 768, device=dev)
+        scaler = torch.amp.GradScaler(dev.type, enabled=cuda and dtype == torch.float16)
+        lat = torch.randn(1, unet.config.in_channels, latent, latent, device=dev)
+        emb = torch.randn(1, 77, unet.config.cross_attention_dim, device=dev)
 
         def step():
             t = torch.randint(0, 1000, (1,), device=dev)
             noise = torch.randn_like(lat)
-            with torch.autocast("cuda", dtype=dtype):
+            with torch.autocast(dev.type, dtype=dtype):
                 pred = unet(lat + noise, t, emb.to(dtype)).sample
             loss = torch.nn.functional.mse_loss(pred.float(), noise)
             scaler.scale(loss).backward()
@@ -382,32 +400,95 @@ def gpu(steps: int, dtype_name: str) -> None:
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
 
-        s = timed(step, steps)
-        peak = torch.cuda.max_memory_allocated() / 2**30
+        s = timed(step, args.steps, warmup=1 if not cuda else 2)
         n = sum(p.numel() for p in params)
         print(
-            f"  {label:<44} {1 / s:6.2f} steps/s  peak {peak:6.2f} GiB  "
-            f"trainable {n / 1e6:7.1f} M  ({opt_cls.__module__.split('.')[0]})"
+            f"  {label:<44} {1 / s:6.2f} steps/s ({s:6.2f} s)  {memory()}  "
+            f"trainable {n / 1e6:7.2f} M  ({opt_cls.__module__.split('.')[0]})"
         )
 
-    run(
-        "full, grad ckpt, 8-bit Adam" + ("" if adam8 else " (n/a: AdamW)"),
-        "full",
-        checkpointing=True,
-        eight_bit=True,
+    methods = args.methods.split(",")
+    if "full" in methods:
+        run(
+            "full, grad ckpt, 8-bit Adam" + ("" if adam8 else " (n/a: AdamW)"),
+            "full",
+            checkpointing=True,
+            eight_bit=True,
+        )
+        run("full, grad ckpt, AdamW", "full", checkpointing=True, eight_bit=False)
+        run("full, no ckpt, AdamW (reference)", "full", checkpointing=False, eight_bit=False)
+    if "lora" in methods:
+        run("lora r4, grad ckpt", "lora", checkpointing=True, eight_bit=False)
+        run("lora r4, no ckpt (reference)", "lora", checkpointing=False, eight_bit=False)
+    print("targets (GPU): lora < 10 GiB, full < 24 GiB with checkpointing + 8-bit Adam")
+    if args.images:
+        sample(args, dev, dtype if cuda else torch.float32)
+
+
+def vae_factor(model: str | None) -> int:
+    """Pixels per latent: from the folder's VAE config (SD v1.5: 8)."""
+    if not model:
+        return 8
+    import json
+
+    config = json.loads((Path(model) / "vae" / "config.json").read_text())
+    return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def sample(args, dev: torch.device, dtype: torch.dtype) -> None:
+    """Images/s of the whole pipeline (text encoder, UNet with guidance, VAE decode)."""
+    from lymphaug.diffusion.sampling import make_scheduler
+
+    if args.model:
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(
+            args.model, safety_checker=None, requires_safety_checker=False
+        )
+    else:
+        from lymphaug.diffusion.sd15 import build_sd15_pipeline
+
+        pipe = build_sd15_pipeline(0)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(dev, dtype)
+    pipe.scheduler = make_scheduler("dpmsolver++", pipe.scheduler.config)
+    n, r = args.images, args.resolution
+
+    def generate():
+        gens = [torch.Generator().manual_seed(i) for i in range(n)]
+        with torch.inference_mode():
+            pipe(
+                ["a"] * n,
+                num_inference_steps=args.sample_steps,
+                guidance_scale=7.5,
+                generator=gens,
+                output_type="np",
+                height=r,
+                width=r,
+            )
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    s = timed(generate, 2, warmup=1)
+    print(
+        f"  generation, {n} images at {r} px, {args.sample_steps} DPM-Solver++ steps, "
+        f"guidance 7.5: {n / s:6.2f} images/s ({s / n:6.2f} s per image)"
     )
-    run("full, grad ckpt, AdamW", "full", checkpointing=True, eight_bit=False)
-    run("full, no ckpt, AdamW (reference)", "full", checkpointing=False, eight_bit=False)
-    run("lora r4, grad ckpt", "lora", checkpointing=True, eight_bit=False)
-    run("lora r4, no ckpt (reference)", "lora", checkpointing=False, eight_bit=False)
-    print("targets: lora < 10 GiB, full < 24 GiB with checkpointing + 8-bit Adam")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gpu", action="store_true", help="full-size SD v1.5 UNet on CUDA")
+    ap.add_argument("--sd", action="store_true", help="Stable Diffusion size (see --model)")
+    ap.add_argument("--gpu", action="store_true", help="--sd --device cuda")
+    ap.add_argument("--model", metavar="PATH", help="--sd: a local diffusers folder's UNet")
+    ap.add_argument("--device", choices=["cuda", "cpu"], help="--sd: default cuda if present")
+    ap.add_argument("--resolution", type=int, default=512, help="--sd: px (%(default)s)")
+    ap.add_argument("--methods", default="full,lora", help="--sd: %(default)s")
+    ap.add_argument("--images", type=int, default=0, help="--sd: then generate N images")
+    ap.add_argument("--sample-steps", type=int, default=30, help="--sd --images: %(default)s")
     ap.add_argument("--tiny", action="store_true", help="the random-weight tiny model (CPU)")
     ap.add_argument("--profiles", default="quick,cpu", help="scratch mode: %(default)s")
     ap.add_argument("--steps", type=int, default=20)
@@ -416,10 +497,11 @@ def main() -> None:
         "--threads", type=int, default=1, help="CPU threads (the stage uses 1 for tiny)"
     )
     args = ap.parse_args()
-    if args.gpu:
-        gpu(args.steps, args.dtype)
-        return
     torch.set_num_threads(args.threads)
+    if args.gpu or args.sd:
+        args.device = "cuda" if args.gpu else args.device
+        sd(args)
+        return
     if args.tiny:
         cpu(args.steps)
         return

@@ -59,6 +59,8 @@ def dvc_repo(tmp_path, repo_root) -> Path:
     )
     # compare depends on the presets (the report names the profile params match)
     shutil.copytree(repo_root / "profiles", repo / "profiles")
+    # finetune depends on the local-base folder (models/diffusion_base), empty but for its README
+    shutil.copytree(repo_root / "models" / "diffusion_base", repo / "models" / "diffusion_base")
     sh(repo, "git", "init", "-q")
     sh(repo, "dvc", "init", "-q")
     set_param(repo, "ingest", "source", "sample")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 import yaml
@@ -34,6 +37,17 @@ def layout(tmp_path):
 
 def _weights(pipe):
     return {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+
+
+def current_umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def modes(folder) -> set[int]:
+    """The permission bits of every file under ``folder``."""
+    return {stat.S_IMODE(p.stat().st_mode) for p in folder.rglob("*") if p.is_file()}
 
 
 def test_loss_goes_down_on_a_fixed_batch():
@@ -80,6 +94,7 @@ def test_full_finetune_resumes_to_the_same_result(layout, tmp_path):
     again = _weights(loading.load_finetuned(layout.diffusion_model, layout.root)[0])
     assert all(torch.equal(reference[k], again[k]) for k in reference)
     assert info.method == "full" and (layout.diffusion_model / "unet").is_dir()
+    assert modes(layout.diffusion_model) == {0o666 & ~current_umask()}
     assert (layout.reports / "finetune_loss.csv").read_text().count("\n") == 7
 
 
@@ -92,6 +107,7 @@ def test_lora_saves_only_the_adapter_and_logs_to_mlflow(layout, tmp_path):
     result, info = finetune(params, layout)
     files = sorted(p.name for p in layout.diffusion_model.iterdir())
     assert files == [loading.INFO_FILE, loading.LORA_WEIGHTS]
+    assert modes(layout.diffusion_model) == {0o666 & ~current_umask()}  # not owner-only
     assert (layout.diffusion_model / loading.LORA_WEIGHTS).stat().st_size < 200_000
     tuned, _ = loading.load_finetuned(layout.diffusion_model, layout.root)
     base = loading.build_tiny_pipeline(params.finetune.seed)
@@ -110,6 +126,151 @@ def test_lora_saves_only_the_adapter_and_logs_to_mlflow(layout, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "finetune_loss.csv", "images"} <= artifacts
     assert result.losses == [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+    # the validation grids are sampled at finetune.resolution (16 px: 2 columns, 3 classes)
+    grids = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    grids = [p for p in grids if p.endswith(".png")]
+    assert len(grids) == 2
+    from PIL import Image
+
+    local = client.download_artifacts(run.info.run_id, grids[0], str(tmp_path))
+    assert Image.open(local).size == (2 * (16 + 2) + 2, 3 * (16 + 2) + 2)
+
+
+def test_two_fresh_lora_runs_give_the_same_adapter_bytes(tmp_path):
+    """The adapter's initial weights come from finetune.seed, not torch's global generator:
+    two runs from scratch, whatever that generator's state, save identical files, and the
+    caller's global stream is left where it was."""
+    adapters = []
+    for global_seed in (1, 2):
+        root = tmp_path / f"run{global_seed}"
+        layout = make_dataset(root)
+        params = tiny_params(root, {"method": "lora", "max_steps": 2, "learning_rate": 1.0e-2})
+        torch.manual_seed(global_seed)
+        finetune(params, layout, track=False)
+        after = torch.random.get_rng_state()
+        torch.manual_seed(global_seed)
+        assert torch.equal(after, torch.random.get_rng_state()), "finetune drew from torch's RNG"
+        adapters.append((layout.diffusion_model / loading.LORA_WEIGHTS).read_bytes())
+    assert adapters[0] == adapters[1]
+
+
+def test_a_local_base_is_versioned_by_its_weight_files(layout, tmp_path, capsys):
+    """The digest of the base folder's weights is in the model's description and MLflow
+    tags; replaced weights under a LoRA adapter are refused; a base elsewhere in the
+    repository (no DVC dependency) gets a note."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    base = layout.diffusion_base
+    loading.build_tiny_pipeline(0).save_pretrained(base)
+    params = tiny_params(
+        tmp_path, {"base_model": "models/diffusion_base", "method": "lora", "max_steps": 1}
+    )
+    _, info = finetune(params, layout)
+    assert info.base_fingerprint == loading.weights_digest(base) != ""
+    client = MlflowClient(params.mlflow.tracking_uri)
+    exp = client.get_experiment_by_name(params.mlflow.experiment)
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'finetune'")
+    assert run.data.tags["base_fingerprint"] == info.base_fingerprint
+    assert run.data.tags["base_model"] == "models/diffusion_base"
+    assert "note" not in capsys.readouterr().err
+
+    loading.build_tiny_pipeline(1).save_pretrained(base)  # the same files, other weights
+    with pytest.raises(loading.ModelError, match="not the one the LoRA adapter was trained on"):
+        loading.load_finetuned(layout.diffusion_model, layout.root)
+
+    shutil.move(base, layout.root / "elsewhere")
+    params = tiny_params(tmp_path, {"base_model": "elsewhere", "max_steps": 1})
+    finetune(params, layout, track=False)
+    assert "not in models/diffusion_base, the folder dvc.yaml tracks" in capsys.readouterr().err
+
+
+def test_a_hub_base_is_pinned_to_its_resolved_commit(tmp_path, monkeypatch):
+    """Offline, from a Hugging Face cache as the Hub leaves it (refs/main -> a snapshot): the
+    commit main resolved to is in the model's description, and the adapter's base is loaded
+    at that commit even after main moves on."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from lymphaug.generate import generate
+
+    # HF_HUB_CACHE and HF_HUB_OFFLINE, as huggingface_hub holds them once imported
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    layout = make_dataset(tmp_path)
+    repo = tmp_path / "hub" / "models--lymphaug-test--tiny-sd"
+    first, second = "1" * 40, "2" * 40
+    for seed, commit in ((0, first), (1, second)):
+        loading.build_tiny_pipeline(seed).save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(first)
+    params = tiny_params(
+        tmp_path, {"base_model": "lymphaug-test/tiny-sd", "method": "lora", "max_steps": 1}
+    )
+    finetune(params, layout, track=False)  # (the MLflow tags: the local-folder test)
+    assert loading.read_info(layout.diffusion_model).base_fingerprint == first
+
+    # main moves on and the trained-on snapshot goes: generate asks for that commit, by name
+    (repo / "refs" / "main").write_text(second)
+    shutil.rmtree(repo / "snapshots" / first)
+    with pytest.raises(loading.ModelError) as err:
+        generate(params, layout, track=False)
+    message = str(err.value)
+    assert f"cannot load 'lymphaug-test/tiny-sd@{first}'" in message
+    assert "\n" not in message and "stacktrace above" not in message
+
+
+def test_a_run_too_long_for_the_cpu_stops_after_its_first_step(layout, tmp_path, capsys):
+    """The paper profile on a CPU: the first step's time says how long, and what to do."""
+    params = tiny_params(tmp_path, {"max_steps": 1000, "max_cpu_hours": 1.0e-6})
+    steps = []
+    with pytest.raises(training.TooSlowOnCpu) as err:
+        finetune(params, layout, track=False, on_step=lambda *a: steps.append(a))
+    message = str(err.value)
+    assert steps == [] and not layout.diffusion_model.exists()
+    assert "on the CPU, so the 1000 steps to go would take about" in message
+    for way_out in ("on a GPU", "finetune.max_steps", "finetune.base_model: scratch"):
+        assert way_out in message
+    assert "\n" not in message
+    seconds = float(message.split("took ")[1].split(" s")[0])
+    assert seconds < 60  # the first step, not the run
+
+
+def test_num_threads_is_set_for_the_run_and_restored():
+    before = torch.get_num_threads()
+    with loading.cpu_threads("stable-diffusion-v1-5/stable-diffusion-v1-5", 1):
+        assert torch.get_num_threads() == 1
+    with loading.cpu_threads("tiny", 2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+
+
+def test_a_large_model_is_a_reference_in_mlflow_not_a_copy(tmp_path):
+    """Weights over the limit (a full Stable Diffusion pipeline) stay in models/diffusion
+    only: the run gets the description and tags naming the DVC output."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from lymphaug.finetune import MLFLOW_COPY_LIMIT, log_model_reference
+
+    model = tmp_path / "models" / "diffusion"
+    (model / "unet").mkdir(parents=True)
+    with open(model / "unet" / "diffusion_pytorch_model.safetensors", "wb") as f:
+        f.truncate(MLFLOW_COPY_LIMIT + 1)  # sparse: as large, without the disk
+    info = loading.write_info(model, loading.ModelInfo("full", "sd", 0, 512, ["a"], {"a": "x"}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run() as run:
+        log_model_reference(model, info, root=tmp_path)
+    client = MlflowClient(uri)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "model")] == [
+        f"model/{loading.INFO_FILE}"
+    ]
+    tags = client.get_run(run.info.run_id).data.tags
+    assert tags["model_path"] == "models/diffusion"
+    assert tags["model_fingerprint"] == info.fingerprint != ""
 
 
 def stop_at(step: int):

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from lymphaug.common.config import SCRATCH, Params
-from lymphaug.common.files import atomic_path, remove, write_text_atomic
+from lymphaug.common.files import atomic_path, remove, umask_modes, write_text_atomic
 from lymphaug.common.images import read_rgb
 from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.manifest import SPLIT_COLUMNS, read_table
@@ -139,6 +139,7 @@ def _train(params: Params, layout: Layout, *, resume, resume_from, track, on_ste
         vae.to("cpu")
         with atomic_path(layout.autoencoder_model) as tmp:
             vae.save_pretrained(tmp, safe_serialization=True)
+            umask_modes(tmp)
             ae.write_info(tmp, info)
         curve = pd.DataFrame(
             {"step": range(1, len(result.losses) + 1), "loss": result.losses, "lr": result.lrs}

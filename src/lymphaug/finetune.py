@@ -33,8 +33,16 @@ from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.manifest import RAW_COLUMNS, SPLIT_COLUMNS, assert_train_only, read_table
 from lymphaug.common.paths import Layout
 
-# settings that change where checkpoints are written or how often we look, not the result
-_NOT_HASHED = {"checkpoint_every", "checkpoints_total_limit", "validation_every"}
+# settings that change where checkpoints go, how often and how closely we look, or the speed:
+# not the result
+_NOT_HASHED = {
+    "checkpoint_every",
+    "checkpoints_total_limit",
+    "validation_every",
+    "validation_steps",
+    "num_threads",
+    "max_cpu_hours",
+}
 
 
 def training_rows(split: pd.DataFrame, classes: list[str], prompts: dict[str, str]) -> pd.DataFrame:
@@ -157,8 +165,14 @@ def _finetune(
     split = read_table(layout.split_csv, SPLIT_COLUMNS)
     train = training_rows(split, params.classes, cfg.prompts)
     identity = finetune_identity(cfg, params.classes, train, layout.raw)
+    base = None
     if cfg.base_model == SCRATCH:  # a retrained autoencoder never resumes an old UNet
         identity.append(_autoencoder_fingerprint(layout))
+    else:  # nor do other base weights (a replaced folder, a new hub commit)
+        base = loading.resolve_base(cfg.base_model, layout.root, cfg.revision)
+        identity.append(base.version)
+        if is_main:
+            _note_untracked_base(base, layout)
     work_dir = layout.work_dir("finetune", identity)
     if is_main:
         stale = clean_stale(layout, work_dir, resume_from and resume_from.resolve())
@@ -172,9 +186,12 @@ def _finetune(
         pipe, scale = _scratch_base(cfg, layout, data, train)
         extra = {"scale": scale}
     else:
-        pipe = loading.load_base(cfg.base_model, cfg.seed, layout.root)
-    # a tiny base is rebuilt from its seed under a LoRA adapter: record it to check it is the same
-    base_fingerprint = loading.unet_fingerprint(pipe.unet) if cfg.base_model == "tiny" else ""
+        pipe = loading.open_base(base, cfg.seed)
+    # the base's version, to rebuild or check it under a LoRA adapter and to say what was used
+    # (a tiny base is rebuilt from its seed: its UNet's fingerprint)
+    base_fingerprint = ""
+    if base is not None:
+        base_fingerprint = base.version or loading.unet_fingerprint(pipe.unet)
     info = loading.ModelInfo(
         method=cfg.method,
         base_model=cfg.base_model,
@@ -209,6 +226,7 @@ def _finetune(
 
     with child_run(params, layout.root, "finetune") as run_id:
         mlflow.log_params({**flat_params("finetune", cfg), "train_images": len(train)})
+        mlflow.set_tags({"base_model": cfg.base_model, "base_fingerprint": base_fingerprint})
         buffer = MetricBuffer(run_id)
 
         def log_step(step: int, loss: float, lr: float) -> None:
@@ -226,14 +244,50 @@ def _finetune(
             buffer.flush()
         saved = _save(pipe, layout, info=info, result=result, is_main=is_main, work_dir=work_dir)
         mlflow.log_metrics({"final_loss": result.losses[-1], "resumed_from": result.resumed_from})
-        model_dir = layout.diffusion_model
-        if cfg.method == "lora" or cfg.base_model in ("tiny", SCRATCH):
-            mlflow.log_artifacts(str(model_dir), artifact_path="model")
-        else:  # a full SD pipeline: log what changed (the UNet) and the description
-            mlflow.log_artifacts(str(model_dir / "unet"), artifact_path="model/unet")
-            mlflow.log_artifact(str(model_dir / loading.INFO_FILE), artifact_path="model")
+        log_model_reference(layout.diffusion_model, saved, root=layout.root)
         mlflow.log_artifact(str(layout.reports / "finetune_loss.csv"))
     return result, saved
+
+
+MLFLOW_COPY_LIMIT = 100 * 2**20  # bytes: an adapter, the tiny and from-scratch models are less
+
+
+def log_model_reference(model_dir: Path, info, *, root: Path) -> None:
+    """Weights are stored once: in ``models/diffusion``, versioned by DVC (its cache, its
+    remote). The active MLflow run gets tags naming that output and its weights' fingerprint,
+    the description, and a copy of the weights only when they are small: a full Stable
+    Diffusion pipeline is 4 GB (its UNet alone 3.3 GB), which MLflow would store again."""
+    import mlflow
+
+    from lymphaug.diffusion import loading
+
+    mlflow.set_tags(
+        {
+            "model_path": model_dir.relative_to(root).as_posix(),
+            "model_fingerprint": info.fingerprint,
+        }
+    )
+    size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+    if size <= MLFLOW_COPY_LIMIT:
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+    else:
+        mlflow.log_artifact(str(model_dir / loading.INFO_FILE), artifact_path="model")
+
+
+def _note_untracked_base(base, layout: Layout) -> None:
+    """A local base inside the repository but not in models/diffusion_base is no DVC
+    dependency (dvc.yaml cannot name a folder chosen in params): replacing it would leave
+    finetune "up to date". Say so; its digest still names the work folder and the model."""
+    if base.kind != "path":
+        return
+    folder, root = Path(base.source).resolve(), layout.root.resolve()
+    if folder.is_relative_to(root) and folder != layout.diffusion_base.resolve():
+        print(
+            f"finetune: note: the base model {folder} is inside the repository but not in "
+            f"{layout.diffusion_base.relative_to(layout.root)}, the folder dvc.yaml tracks: "
+            "DVC will not rerun finetune when it changes; move it there",
+            file=sys.stderr,
+        )
 
 
 def _autoencoder_fingerprint(layout: Layout) -> str:
@@ -296,7 +350,7 @@ def run(params: Params, layout: Layout, args) -> int:
     start = time.perf_counter()
     from lymphaug.diffusion.loading import cpu_threads
 
-    with cpu_threads(params.finetune.base_model):
+    with cpu_threads(params.finetune.base_model, params.finetune.num_threads):
         result, info = finetune(params, layout, **resume_options(args))
     n = len(result.losses)
     first = sum(result.losses[:10]) / max(1, len(result.losses[:10]))

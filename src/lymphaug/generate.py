@@ -5,8 +5,9 @@ a noised *training* image of the class with ``strength`` in (0, 1]. Every image 
 seed (a function of generate.seed, class and index), so the pictures do not depend on the
 batch size, and finished images are kept in ``work/generate/<hash>`` so an interrupted run
 resumes without redoing or duplicating them. At the end everything is moved atomically into
-``data/synthetic/<class>/*.png`` with ``manifest.csv`` (manifest.SYNTHETIC_COLUMNS), resized
-to the data set's image size, and a real-vs-synthetic contact sheet is drawn.
+``data/synthetic/<class>/*.png`` with ``manifest.csv`` (manifest.SYNTHETIC_COLUMNS), and a
+real-vs-synthetic contact sheet is drawn. Images are sampled at the data set's aspect ratio
+and resized to its image size, never stretched (:func:`sampling_canvas`).
 
 A finished image is reused only if it decodes and its sha256 is the one recorded in
 ``finished.jsonl`` when it was written: a truncated or replaced file is made again, never
@@ -92,6 +93,22 @@ def output_size(info, raw_manifest: pd.DataFrame) -> tuple[int, int]:
         side = round(info.resolution / scale)
         return side, side
     return dataset_size(raw_manifest)
+
+
+def sampling_canvas(info, size: tuple[int, int], multiple: int):
+    """Where the images are sampled (a :class:`~lymphaug.diffusion.sampling.Canvas`).
+
+    A from-scratch model: its square training crops, at its pixel scale (published at
+    crop / scale, see :func:`output_size`). Any other model: the data set's aspect ratio at
+    the training crops' scale, in ``multiple``s of pixels (the UNet's), the centre cropped to
+    the exact ratio, so the published images are resized, never stretched.
+    """
+    from lymphaug.diffusion.sampling import Canvas, aspect_canvas
+
+    scale = info.extra.get("scale")
+    if scale:
+        return Canvas(sample=(info.resolution, info.resolution), source_scale=scale)
+    return aspect_canvas(*size, resolution=info.resolution, multiple=multiple)
 
 
 def plan(
@@ -183,19 +200,19 @@ def generate_images(
     *,
     out_dir: Path,
     size: tuple[int, int],
-    resolution: int,
+    canvas,
     raw: Path,
     on_image: Callable[[Job], None] | None = None,
 ) -> int:
     """Write every job's PNG into ``out_dir`` (skipping finished ones); returns how many were made.
 
     Each file is written atomically right after its batch, so an interruption loses at
-    most the batch in flight. Images are sampled at the model's ``resolution`` and saved
-    at the data set's ``size`` (width, height); img2img reads its sources from ``raw``.
+    most the batch in flight. Images are sampled on ``canvas`` (see :func:`sampling_canvas`)
+    and saved at ``size`` (width, height); img2img reads its sources from ``raw``.
     """
     import torch
 
-    from lymphaug.diffusion.sampling import make_scheduler, resize
+    from lymphaug.diffusion.sampling import make_scheduler
 
     intact, bad = intact_images(out_dir, jobs)
     if bad:
@@ -232,21 +249,15 @@ def generate_images(
                 output_type="np",
             )
             if cfg.mode == "img2img":
-                from PIL import Image
-
-                call["image"] = [
-                    Image.fromarray(read_rgb(raw / j.source)).resize(
-                        (resolution, resolution), Image.LANCZOS
-                    )
-                    for j in class_jobs
-                ]
+                # the training image rescaled to cover the canvas and cut, never squashed
+                call["image"] = [canvas.source(read_rgb(raw / j.source)) for j in class_jobs]
                 call["strength"] = cfg.strength
             else:
-                call.update(height=resolution, width=resolution)
+                call.update(width=canvas.sample[0], height=canvas.sample[1])
             with torch.inference_mode():
                 images = to_uint8(runner(**call).images * 255.0)
             for job, img in zip(class_jobs, images, strict=True):
-                data = png_bytes(resize(img, *size))
+                data = png_bytes(canvas.finish(img, *size))
                 write_bytes_atomic(out_dir / job.rel, data)
                 _record(out_dir, job.rel, data)
                 made += 1
@@ -295,24 +306,18 @@ def contact_sheet_image(
     ``crop`` (width, height): show the centre of each real image at that size, so real and
     synthetic tiles appear at the same pixel scale (from-scratch models make crop-sized tiles).
     """
-    from lymphaug.diffusion.sampling import real_vs_synthetic_sheet
+    from lymphaug.diffusion.sampling import centre_crop, real_vs_synthetic_sheet
 
     manifest = read_table(layout.synthetic / "manifest.csv", SYNTHETIC_COLUMNS)
     real, synthetic = {}, {}
     for cls in classes:
         real_paths = train[train["class"] == cls]["path"][:per_class]
         synthetic_paths = manifest[manifest["class"] == cls]["path"][:per_class]
-        real[cls] = [_centre(read_rgb(layout.raw / p), crop) for p in real_paths]
+        real[cls] = [read_rgb(layout.raw / p) for p in real_paths]
+        if crop is not None:
+            real[cls] = [centre_crop(image, *crop) for image in real[cls]]
         synthetic[cls] = [read_rgb(layout.synthetic / p) for p in synthetic_paths]
     return real_vs_synthetic_sheet(real, synthetic)
-
-
-def _centre(image, crop):
-    if crop is None:
-        return image
-    width, height = crop
-    top, left = max(0, (image.shape[0] - height) // 2), max(0, (image.shape[1] - width) // 2)
-    return image[top : top + height, left : left + width]
 
 
 def clean_stale(layout: Layout, work: Path) -> list[Path]:
@@ -333,7 +338,8 @@ def generate(
     on_image: Callable[[Job], None] | None = None,
     device: str | None = None,
 ) -> dict:
-    """The whole stage; returns a summary (images made, skipped, seconds, work folder).
+    """The whole stage; returns a summary (images made, skipped, seconds, work folder, the
+    sampling canvas).
 
     The lock is taken first (a second generate refuses before touching MLflow), then the
     MLflow run is opened, so an unreachable tracking server fails before any image is
@@ -365,10 +371,12 @@ def _generate(
     import torch
 
     from lymphaug.diffusion.loading import load_finetuned
+    from lymphaug.diffusion.sampling import pixel_multiple
 
     cfg = params.generate
     pipe, info = load_finetuned(layout.diffusion_model, layout.root)
     size = output_size(info, read_table(layout.raw_manifest, RAW_COLUMNS))
+    canvas = sampling_canvas(info, size, pixel_multiple(pipe))
     split = read_table(layout.split_csv, SPLIT_COLUMNS)
     train = split[split["split"] == "train"].sort_values("path", kind="stable")
     assert_train_only(train["path"], split, "generate")
@@ -389,7 +397,7 @@ def _generate(
         cfg,
         out_dir=work / "images",
         size=size,
-        resolution=info.resolution,
+        canvas=canvas,
         raw=layout.raw,
         on_image=on_image,
     )
@@ -411,13 +419,20 @@ def _generate(
         "skipped": len(jobs) - made,
         "seconds": round(seconds, 2),
         "work": str(work),
+        "canvas": canvas,
     }
     if run_id is not None:
         import mlflow
 
         from lymphaug.diffusion.track import flat_params
 
-        mlflow.log_params({**flat_params("generate", cfg), "model": info.fingerprint})
+        mlflow.log_params(
+            {
+                **flat_params("generate", cfg),
+                "model": info.fingerprint,
+                "sampled_at": "x".join(map(str, canvas.sample)),
+            }
+        )
         mlflow.log_metrics(
             {
                 "images": len(jobs),

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from lymphaug.diffusion.loading import ModelError, base_kind, load_base, unet_fingerprint
+from lymphaug.diffusion.loading import (
+    ModelError,
+    base_kind,
+    load_base,
+    resolve_base,
+    unet_fingerprint,
+    weights_digest,
+)
 from lymphaug.diffusion.tiny import build_tiny_pipeline
 
 
@@ -30,6 +37,13 @@ def test_local_diffusers_folder_round_trip(tiny, tmp_path):
     assert loaded.tokenizer("abc").input_ids == tiny.tokenizer("abc").input_ids
 
 
+def test_revision_is_for_hub_ids_only(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "sd-tiny")
+    with pytest.raises(ModelError, match="finetune.revision='abc' applies to a hub id only"):
+        resolve_base("sd-tiny", tmp_path, revision="abc")
+    assert resolve_base("sd-tiny", tmp_path).version == weights_digest(tmp_path / "sd-tiny")
+
+
 def test_base_path_that_does_not_exist(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         load_base(str(tmp_path / "nowhere"), 0, tmp_path)
@@ -52,5 +66,6 @@ def test_broken_diffusers_folder_is_a_clear_error(tmp_path):
 def test_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert base_kind("stable-diffusion-v1-5/stable-diffusion-v1-5", tmp_path) == "hub"
-    with pytest.raises(ModelError, match="cannot load .*download it elsewhere"):
+    with pytest.raises(ModelError, match="cannot resolve .*download it elsewhere") as err:
         load_base("lymphaug-test/no-such-model", 0, tmp_path)
+    assert "stacktrace" not in str(err.value) and "\n" not in str(err.value)

@@ -136,6 +136,9 @@ SCRATCH = "scratch"  # finetune.base_model: train the whole generator here (auto
 
 class FinetuneConfig(Section):
     base_model: str = Field("tiny", description="scratch | tiny | hub id | local diffusers folder")
+    revision: str | None = Field(
+        None, description="hub id only: the branch, tag or commit to load (pin a commit hash)"
+    )
     method: Literal["full", "lora"] = "full"
     lora_rank: int = Field(4, ge=1)
     prompts: dict[str, str] = DEFAULT_PROMPTS
@@ -164,7 +167,12 @@ class FinetuneConfig(Section):
     checkpoint_every: int = Field(50, ge=1)
     checkpoints_total_limit: int = Field(2, ge=1)
     validation_every: int = Field(75, ge=1)
+    validation_steps: int = Field(20, ge=1, description="sampling steps of the validation grid")
     seed: int = 0
+    num_threads: int = Field(0, ge=0, description="CPU threads; 0: 1 for tiny/scratch, else all")
+    max_cpu_hours: float = Field(
+        6.0, gt=0, description="on a CPU, stop when the first step's estimate is longer"
+    )
     unet_width: int | None = Field(
         None, ge=8, multiple_of=8, description="scratch only: channels of the UNet's first block"
     )

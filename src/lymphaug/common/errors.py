@@ -31,13 +31,18 @@ class LockedError(LymphaugError):
     """Another process is already running the same work."""
 
 
+_STACKTRACE = re.compile(r"\s*Please check out the root cause in the stacktrace above\.?")
+
+
 def one_line(err: BaseException, limit: int = 200) -> str:
     """A library's error as one short line for our message (its type and first line).
 
     torch's refusal to unpickle code (``weights_only=True``) is several paragraphs ending
     in advice to load with ``weights_only=False``; it becomes what was refused instead.
     """
-    text = str(err)
+    # diffusers points at "the stacktrace above", which a stage never prints: drop the
+    # pointer (loading.cause_chain names the cause instead)
+    text = _STACKTRACE.sub("", str(err))
     if "Weights only load failed" in text:
         found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: was not an allowed|\.|$)", text)
         what = f": {found.group(1)}" if found else ""

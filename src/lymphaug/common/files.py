@@ -156,6 +156,16 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def umask_modes(folder: str | Path) -> None:
+    """Give every file under ``folder`` the mode a plain ``open()`` gives (0666 less the
+    umask): safetensors writes its files owner-only, unlike every other output."""
+    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)
+
+
 def write_bytes_atomic(target: str | Path, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)

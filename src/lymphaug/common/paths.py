@@ -53,6 +53,12 @@ class Layout:
         return self.root / "models" / "autoencoder"
 
     @property
+    def diffusion_base(self) -> Path:
+        """Where a local base diffusers folder goes to be a DVC dependency of finetune (its
+        files are git-ignored; ``finetune.base_model: models/diffusion_base``)."""
+        return self.root / "models" / "diffusion_base"
+
+    @property
     def diffusion_model(self) -> Path:
         """The fine-tuned diffusion pipeline or LoRA adapter (finetune)."""
         return self.root / "models" / "diffusion"

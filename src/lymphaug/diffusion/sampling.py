@@ -1,6 +1,9 @@
-"""Sampling helpers: schedulers by name, picture grids, the real-vs-synthetic sheet."""
+"""Sampling helpers: schedulers by name, the canvas a synthetic image is sampled on (aspect
+ratio kept), picture grids, the real-vs-synthetic sheet."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -9,7 +12,6 @@ from lymphaug.common.images import to_uint8
 from lymphaug.diffusion.seeding import step_generator
 
 SCHEDULERS = ("dpmsolver++", "ddpm", "pndm", "euler")
-VALIDATION_STEPS = 20
 
 
 def make_scheduler(name: str, config):
@@ -31,6 +33,69 @@ def make_scheduler(name: str, config):
     if name == "euler":
         return EulerDiscreteScheduler.from_config(config)
     raise ValueError(f"unknown scheduler {name!r}; expected one of {SCHEDULERS}")
+
+
+def pixel_multiple(pipe) -> int:
+    """Pixels per step of the sizes the UNet divides evenly: the VAE's factor times 2 per
+    UNet down-sampling (Stable Diffusion v1: 8 x 8 = 64 px, latents in multiples of 8)."""
+    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.down_block_types) - 1)
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """Where a synthetic image is sampled and how it becomes the published one, unstretched.
+
+    ``sample``: the (width, height) the pipeline samples at; ``crop``: the centre (width,
+    height) kept, the data set's aspect ratio (None: all of it); ``source_scale``: img2img
+    rescales its training image by at least this (the from-scratch model's pixel scale).
+    """
+
+    sample: tuple[int, int]
+    crop: tuple[int, int] | None = None
+    source_scale: float = 0.0
+
+    def finish(self, array: np.ndarray, width: int, height: int) -> np.ndarray:
+        """A sampled HxWx3 image as published: the centre crop, uniformly resized."""
+        if self.crop is not None:
+            array = centre_crop(array, *self.crop)
+        return resize(array, width, height)
+
+    def source(self, array: np.ndarray) -> Image.Image:
+        """img2img's starting image: the training image rescaled (never squashed) to cover
+        the canvas, at least by ``source_scale``, and its centre cut to the canvas."""
+        width, height = self.sample
+        scale = max(self.source_scale, width / array.shape[1], height / array.shape[0])
+        size = (
+            max(width, round(array.shape[1] * scale)),
+            max(height, round(array.shape[0] * scale)),
+        )
+        image = Image.fromarray(array)
+        if size != image.size:
+            image = image.resize(size, Image.BICUBIC)
+        return Image.fromarray(centre_crop(np.asarray(image), width, height))
+
+
+def aspect_canvas(width: int, height: int, *, resolution: int, multiple: int) -> Canvas:
+    """Sample a ``width`` x ``height`` data set's images at the scale of the training crops
+    (shorter side ``resolution``), each side rounded up to a ``multiple``; keep the centre at
+    the data set's aspect ratio. 417 x 312 at 512 px, multiples of 64: 704 x 512, 684 x 512 kept.
+    """
+    short = min(width, height)
+    sample = tuple(
+        -(-side * resolution // (short * multiple)) * multiple for side in (width, height)
+    )
+    sample_w, sample_h = sample
+    if sample_w * height > width * sample_h:  # wider than the data set: keep the full height
+        crop = ((2 * sample_h * width + height) // (2 * height), sample_h)
+    else:
+        crop = (sample_w, (2 * sample_w * height + width) // (2 * width))
+    return Canvas(sample=(sample_w, sample_h), crop=crop)
+
+
+def centre_crop(array: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The centre ``width`` x ``height`` of an HxWx3 image (all of a side that is shorter)."""
+    top, left = max(0, (array.shape[0] - height) // 2), max(0, (array.shape[1] - width) // 2)
+    return array[top : top + height, left : left + width]
 
 
 def resize(array: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -83,11 +148,15 @@ def real_vs_synthetic_sheet(
     return sheet
 
 
-def validation_grid(pipe, prompts: list[str], seed: int, *, per_class: int = 2) -> Image.Image:
-    """``per_class`` samples per prompt (rows: classes), DPM-Solver++.
+def validation_grid(
+    pipe, prompts: list[str], seed: int, *, resolution: int, steps: int, per_class: int = 2
+) -> Image.Image:
+    """``per_class`` samples per prompt (rows: classes), DPM-Solver++, ``steps`` steps.
 
-    The seeds are the same at every call, so grids from successive steps show what training
-    changed rather than new noise.
+    At the training ``resolution`` (finetune.resolution), which is what the model learnt and
+    what a grid can judge: Stable Diffusion's own 512 px would cost ~28 minutes per grid on a
+    CPU. The seeds are the same at every call, so grids from successive steps show what
+    training changed rather than new noise.
     """
     from diffusers import DPMSolverMultistepScheduler
 
@@ -100,12 +169,12 @@ def validation_grid(pipe, prompts: list[str], seed: int, *, per_class: int = 2) 
             generators = [step_generator(seed, 10**6, class_index, i) for i in range(per_class)]
             out = pipe(
                 [prompt] * per_class,
-                num_inference_steps=VALIDATION_STEPS,
+                num_inference_steps=steps,
                 guidance_scale=4.0,
                 generator=generators,
                 output_type="np",
-                height=pipe.unet.config.sample_size * pipe.vae_scale_factor,
-                width=pipe.unet.config.sample_size * pipe.vae_scale_factor,
+                height=resolution,
+                width=resolution,
             ).images
             rows.append([to_uint8(x * 255.0) for x in out])
     finally:

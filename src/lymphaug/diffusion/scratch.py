@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 from lymphaug.common.config import AutoencoderConfig
-from lymphaug.diffusion.tiny import assemble, seeded, text_encoder_and_tokenizer
+from lymphaug.diffusion.seeding import seeded
+from lymphaug.diffusion.tiny import assemble, text_encoder_and_tokenizer
 
 UNET_LAYERS_PER_BLOCK = 2
 

@@ -10,10 +10,7 @@ base a LoRA adapter was trained on instead of storing it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import torch
+from lymphaug.diffusion.seeding import seeded
 
 TINY = "tiny"
 MAX_LENGTH = 77
@@ -83,17 +80,6 @@ def text_encoder_and_tokenizer(seed: int):
     tokenizer = tiny_tokenizer()
     with seeded(seed):
         return _text_encoder(tokenizer), tokenizer
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Build random weights from ``seed`` without disturbing the caller's torch RNG."""
-    gen_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        yield
-    finally:
-        torch.random.set_rng_state(gen_state)
 
 
 def sd_scheduler():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from lymphaug.common.errors import LymphaugError
 from lymphaug.common.progress import progress
 from lymphaug.diffusion.checkpoints import TrainingState, resume_state, save_checkpoint
 from lymphaug.diffusion.sampling import validation_grid
-from lymphaug.diffusion.seeding import step_generator
+from lymphaug.diffusion.seeding import LORA_INIT_STEP, derived_seed, seeded, step_generator
 
 MAX_GRAD_NORM = 1.0
 HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}  # by accelerate's mixed_precision
@@ -40,6 +41,30 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 class TrainingDiverged(LymphaugError):
     """The loss became NaN or infinite."""
+
+
+class TooSlowOnCpu(LymphaugError):
+    """The first step says the run would take longer on this CPU than allowed."""
+
+
+def check_cpu_time(seconds: float, steps: int, cfg: FinetuneConfig, device: str) -> None:
+    """Stop before paying for a run a CPU cannot finish in ``finetune.max_cpu_hours``.
+
+    ``seconds``: the first of this run's ``steps`` (warm-up included: the estimate is a
+    little high). A Stable Diffusion-size model takes 7 s or more per step on a CPU: the
+    paper profile's 3000 steps of 4 micro-batches would take days.
+    """
+    hours = seconds * steps / 3600
+    if device != "cpu" or hours <= cfg.max_cpu_hours:
+        return
+    raise TooSlowOnCpu(
+        f"the first step took {seconds:.1f} s on the CPU, so the {steps} steps to go would "
+        f"take about {hours:.1f} h (finetune.max_cpu_hours="
+        f"{cfg.max_cpu_hours:g}); run it on a GPU, lower finetune.max_steps or "
+        "finetune.resolution, or train the from-scratch generator on this CPU "
+        "(finetune.base_model: scratch, as the quick and cpu profiles); to wait, raise "
+        "finetune.max_cpu_hours"
+    )
 
 
 @dataclass
@@ -206,17 +231,20 @@ def _prepare_models(pipe, cfg: FinetuneConfig, *, device, weight_dtype):
     if cfg.method == "lora":
         from peft import LoraConfig
 
-        # Freeze the UNet and add trainable LoRA adapters to its attention projections
+        # Freeze the UNet and add trainable LoRA adapters to its attention projections; peft
+        # draws their initial weights from torch's global generator: seed it from
+        # finetune.seed for this call only, so two runs start from the same adapter
         unet.requires_grad_(False)
         unet.to(device, dtype=weight_dtype)
-        unet.add_adapter(
-            LoraConfig(
-                r=cfg.lora_rank,
-                lora_alpha=cfg.lora_rank,
-                init_lora_weights="gaussian",
-                target_modules=LORA_TARGETS,
+        with seeded(derived_seed(cfg.seed, LORA_INIT_STEP)):
+            unet.add_adapter(
+                LoraConfig(
+                    r=cfg.lora_rank,
+                    lora_alpha=cfg.lora_rank,
+                    init_lora_weights="gaussian",
+                    target_modules=LORA_TARGETS,
+                )
             )
-        )
         # trainable adapters stay fp32 under fp16 autocast ("Attempting to unscale FP16 gradients")
         cast_training_params(unet, dtype=torch.float32)
     else:
@@ -323,6 +351,7 @@ def train_unet(
         main_process=accelerator.is_main_process,
     )
     for step in range(start, cfg.max_steps):
+        started = time.perf_counter()
         model.train()
         step_loss = 0.0
         for micro in range(accum_steps):
@@ -396,6 +425,14 @@ def train_unet(
         # Update the EMA weights
         if ema is not None:
             ema.step(params)
+        # After this run's first step: stop now if the whole run cannot finish on a CPU
+        if step == start:
+            try:
+                seconds = time.perf_counter() - started
+                check_cpu_time(seconds, cfg.max_steps - start, cfg, device.type)
+            except TooSlowOnCpu:
+                bar.close()
+                raise
         # Record the step on the curve and the progress bar
         done = step + 1
         result.losses.append(step_loss)
@@ -417,7 +454,7 @@ def train_unet(
                     ema=ema,
                     params=params,
                     prompts=data.prompts,
-                    seed=cfg.seed,
+                    cfg=cfg,
                 )
                 on_validation(done, grid)
         # Let the other processes catch up (checkpoint, validation) before the next step
@@ -449,7 +486,7 @@ def _loss(pred, target, *, timesteps, snr_gamma: float | None, noise_scheduler) 
 
 
 def _validate(
-    pipe, accelerator, *, model, ema, params, prompts: list[str], seed: int
+    pipe, accelerator, *, model, ema, params, prompts: list[str], cfg: FinetuneConfig
 ) -> Image.Image:
     """Sample with the weights being trained (EMA ones if on), then put training back as it was.
 
@@ -470,7 +507,9 @@ def _validate(
                 accelerator.device.type, dtype=dtype or torch.float32, enabled=dtype is not None
             ),
         ):
-            return validation_grid(pipe, prompts, seed)
+            return validation_grid(
+                pipe, prompts, cfg.seed, resolution=cfg.resolution, steps=cfg.validation_steps
+            )
     finally:
         pipe.unet = original
         if ema is not None:
