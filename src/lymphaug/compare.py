@@ -152,12 +152,10 @@ def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
     return analysis, metrics
 
 
-def log_to_parent(client, parent: str, layout: Layout, metrics: dict) -> None:
+def log_to_parent(client, parent: str, layout: Layout, metrics: dict, note: str) -> None:
     """Summary metrics on the pipeline's parent run; the report (markdown, and HTML with its
-    figures embedded: MLflow shows markdown as text), metrics and plots as its artifacts, and
-    each figure as an MLflow image, which the run page shows as a picture."""
-    from PIL import Image
-
+    figures embedded: MLflow shows markdown as text but renders HTML), metrics and plots as
+    its artifacts; ``note`` as its description, the first thing its page shows."""
     from lymphaug.comparison import report_html
 
     for key, value in sorted(flat_metrics(metrics).items()):
@@ -170,14 +168,24 @@ def log_to_parent(client, parent: str, layout: Layout, metrics: dict) -> None:
     client.log_text(parent, page, "compare/report.html")
     client.log_artifact(parent, str(layout.reports / "metrics.json"), "compare")
     client.log_artifacts(parent, str(layout.reports / PLOTS_DIR), "compare/plots")
-    pictures = sorted((layout.reports / PLOTS_DIR).glob("*.png"))
     contact = layout.reports / "synthetic_contact_sheet.png"
     if contact.is_file():
         client.log_artifact(parent, str(contact), "compare/plots")
-        pictures.append(contact)
-    for png in pictures:
-        with Image.open(png) as image:
-            client.log_image(parent, image.convert("RGB"), key=png.stem, step=0)
+    client.set_tag(parent, "mlflow.note.content", note)
+
+
+def parent_note(analysis: Analysis, best: dict[str, str], quality: str) -> str:
+    """The parent run's description (markdown): the verdicts, and where the report is."""
+    lines = [
+        f"**Comparison**: {len(analysis.seeds)} seed(s) x {analysis.n_test} test images. "
+        "The whole report, figures included: Artifacts, `compare/report.html`.",
+        "",
+        *(f"- {condition} vs base: {line}" for condition, line in analysis.verdicts.items()),
+        f"- synthetic images: {quality}",
+        "",
+        "Best seed per condition (registry alias): " + "; ".join(best.values()),
+    ]
+    return "\n".join(lines)
 
 
 def mark_best_models(client, runs: dict[str, list[RunResult]], layout: Layout) -> dict[str, str]:
@@ -220,8 +228,10 @@ def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) 
     with tracking.talking_to(uri, "logging the comparison"):
         key = tracking.pipeline_key(layout.root)
         parent = tracking.parent_run_id(client, exp_id, key, layout.root)
-        log_to_parent(client, parent, layout, metrics)
         best = mark_best_models(client, runs, layout)
+        quality = quality_summary(metrics.get("synthetic_quality"))
+        note = parent_note(analysis, best, quality)
+        log_to_parent(client, parent, layout, metrics, note)
         tracking.extend_parent(client, parent)
     print(
         f"compare: {len(analysis.seeds)} seed(s) x {analysis.n_test} test images; report at "
@@ -229,7 +239,7 @@ def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) 
     )
     for condition, line in analysis.verdicts.items():
         print(f"  {condition} vs base: {line}")
-    print(f"  synthetic images: {quality_summary(metrics.get('synthetic_quality'))}")
+    print(f"  synthetic images: {quality}")
     print("  best seeds: " + "; ".join(best.values()))
     return 0
 
