@@ -155,9 +155,7 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     shutil.copytree(repo.root, root)
     layout = Layout(root)
     params = _params(tmp_path, [0, 1, 2])
-    uri = params.mlflow.tracking_uri
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # as train's runs do: models:/ resolves
-    version = _register(uri, layout.classifier("base", 0))  # as lymphaug train would
+    version = _register(params.mlflow.tracking_uri, layout.classifier("base", 0))
     assert compare.run(params, layout) == 0
     out = capsys.readouterr().out
     # all seeds tie on validation accuracy (0.5 at epoch 2): the lowest seed is "best"
@@ -231,10 +229,12 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
 
 def _register(uri: str, model_dir) -> str:
     """One registry version of ``model_dir`` under a real run, the way train logs it."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
     from lymphaug.common import registry
 
+    mlflow.set_tracking_uri(uri)  # as tracking.setup does: the registry resolves models:/ there
     client = MlflowClient(uri)
     exp = client.create_experiment("training")
     run = client.create_run(exp).info.run_id

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import mlflow
 from mlflow.tracking import MlflowClient
 
 from lymphaug.common import registry
@@ -30,9 +31,9 @@ def test_reference_names_the_file_dvc_caches(tmp_path):
     assert cached.is_file() and cached.read_bytes() == b"weights" * 1000
 
 
-def test_best_alias_goes_to_the_best_seeds_newest_version(tmp_path, monkeypatch):
+def test_best_alias_goes_to_the_best_seeds_newest_version(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # the registry resolves models:/ through it
+    mlflow.set_tracking_uri(uri)  # as tracking.setup does: the registry resolves models:/ there
     client = MlflowClient(uri)
     exp = client.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
 

@@ -97,6 +97,8 @@ def test_sqlite_store_parent_children_curves_artifacts(tmp_path):
     model_id = newest.source.removeprefix("models:/")  # the logged model, by its id
     assert client.get_logged_model(model_id).name == "classifier-base-seed0"
     assert newest.run_id == children["train base seed=0"].info.run_id
+    run = client.get_run(newest.run_id)  # the run page lists it under "Logged models"
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
     got = mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "d"))
     ref = json.loads((Path(got) / "dvc_reference.json").read_text())
     assert ref["path"] == "models/base/seed_0/model.pt" and ref["md5"] == newest.tags["model.md5"]

@@ -58,6 +58,8 @@ def log_reference_model(
     client, *, experiment_id: str, run_id: str, name: str, model_dir: Path, ref: dict
 ) -> str:
     """A logged model (MLflow 3's Models tab) holding the reference, not the weights."""
+    from mlflow.entities import LoggedModelOutput
+
     model = client.create_logged_model(
         experiment_id, name=name, source_run_id=run_id, tags={MD5_TAG: ref["md5"]}
     )
@@ -66,6 +68,8 @@ def log_reference_model(
         (Path(tmp) / "model.json").write_bytes((model_dir / "model.json").read_bytes())
         client.log_model_artifacts(model.model_id, tmp)
     client.finalize_logged_model(model.model_id, "READY")
+    # the run's output: its page and the Models tab link run and model both ways
+    client.log_outputs(run_id, [LoggedModelOutput(model_id=model.model_id, step=0)])
     return model.model_id
 
 
