@@ -26,9 +26,14 @@ def test_reference_names_the_file_dvc_caches(tmp_path):
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
     subprocess.run([*dvc, "add", "-q", "models/dct/seed_1"], cwd=tmp_path, check=True)
     ref = registry.reference(folder, tmp_path, "abc1234")
-    assert ref["path"] == "models/dct/seed_1/model.pt" and ref["bytes"] == 7000
-    cached = tmp_path / ref["dvc_cache"]  # where DVC really put it: the md5 is DVC's key
-    assert cached.is_file() and cached.read_bytes() == b"weights" * 1000
+    assert ref["folder"] == "models/dct/seed_1" and sorted(ref["files"]) == [
+        "model.json",
+        "model.pt",
+    ]
+    for name, entry in ref["files"].items():  # where DVC really put each: the md5 is its key
+        cached = tmp_path / entry["dvc_cache"]
+        assert cached.read_bytes() == (folder / name).read_bytes()
+        assert entry["bytes"] == cached.stat().st_size
 
 
 def test_best_alias_goes_to_the_best_seeds_newest_version(tmp_path):
@@ -47,7 +52,7 @@ def test_best_alias_goes_to_the_best_seeds_newest_version(tmp_path):
         registry.register_version(
             client, condition="dct", model_id=model_id, run_id=run, ref=ref, tags={}
         )
-        return ref["md5"]
+        return registry.weights_md5(ref)
 
     md5s = {seed: train(seed, bytes([seed]) * 10) for seed in (0, 1, 2)}
     md5s[1] = train(1, bytes([1]) * 10)  # seed 1 again, the same weights: version 4

@@ -101,7 +101,8 @@ def test_sqlite_store_parent_children_curves_artifacts(tmp_path):
     assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
     got = mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "d"))
     ref = json.loads((Path(got) / "dvc_reference.json").read_text())
-    assert ref["path"] == "models/base/seed_0/model.pt" and ref["md5"] == newest.tags["model.md5"]
+    assert ref["folder"] == "models/base/seed_0"
+    assert ref["files"]["model.pt"]["md5"] == newest.tags["model.md5"]
     # stored once: MLflow's artifact store holds no weights, only references and reports
     stored = [p for p in (tmp_path / "mlartifacts").rglob("*") if p.is_file()]
     assert not [p for p in stored if p.suffix in (".pt", ".pth")]

@@ -12,8 +12,9 @@ the pipeline's outputs live under run-id-named folders that change on every run,
 ``mlflow.pytorch.log_model`` pickles the whole module, which runs code when loaded; the
 project's ``model.pt`` is a state dict read with ``weights_only=True``. So each version's
 logged model holds ``model.json`` (how to rebuild the network) and ``dvc_reference.json``
-(the file's path, md5 and size, the commit and DVC experiment that made it), and its tags
-carry the md5: the same key DVC's cache and remote store the file under.
+(each file's path, md5 and size, the commit and DVC experiment that made it), and its tags
+carry the weights' md5: the key DVC's cache and remotes store the file under. The
+diffusion model (finetune) is logged the same way: its reference, not its weights.
 """
 
 from __future__ import annotations
@@ -35,23 +36,31 @@ def registered_name(condition: str) -> str:
     return f"lymphaug-classifier-{condition}"
 
 
-def reference(model_dir: Path, root: Path, commit: str) -> dict:
-    """Where DVC keeps the weights in ``model_dir``: path, md5, size, cache path, commit."""
-    weights = model_dir / "model.pt"
-    md5 = md5_file(weights)
-    rel = weights.resolve().relative_to(root.resolve()).as_posix()
+def reference(folder: Path, root: Path, commit: str) -> dict:
+    """Where DVC keeps each file of ``folder`` (a stage's output): md5, size, cache path;
+    and the commit (and DVC experiment) that made it. What MLflow stores instead of a copy."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        md5 = md5_file(path)
+        files[path.relative_to(folder).as_posix()] = {
+            "md5": md5,
+            "bytes": path.stat().st_size,
+            "dvc_cache": f".dvc/cache/files/md5/{md5[:2]}/{md5[2:]}",
+        }
+    rel = folder.resolve().relative_to(root.resolve()).as_posix()
     return {
-        "path": rel,
-        "md5": md5,
-        "bytes": weights.stat().st_size,
-        "dvc_cache": f".dvc/cache/files/md5/{md5[:2]}/{md5[2:]}",
+        "folder": rel,
+        "files": files,
         "git_commit": commit,
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
-        "get_it": (
-            f"dvc pull {model_dir.resolve().relative_to(root.resolve()).as_posix()} at that "
-            "commit (or experiment), or copy the dvc_cache path from a clone that has it"
-        ),
+        "get_it": f"dvc pull {rel} at that commit (or experiment), or copy each dvc_cache "
+        "path from a clone or DVC remote that has it",
     }
+
+
+def weights_md5(ref: dict) -> str:
+    """A classifier's identity in the registry: the md5 of its model.pt."""
+    return ref["files"]["model.pt"]["md5"]
 
 
 def log_reference_model(
@@ -61,7 +70,7 @@ def log_reference_model(
     from mlflow.entities import LoggedModelOutput
 
     model = client.create_logged_model(
-        experiment_id, name=name, source_run_id=run_id, tags={MD5_TAG: ref["md5"]}
+        experiment_id, name=name, source_run_id=run_id, tags={MD5_TAG: weights_md5(ref)}
     )
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / REFERENCE_FILE).write_text(json.dumps(ref, indent=2) + "\n")
@@ -95,9 +104,10 @@ def register_version(
         source=f"models:/{model_id}",
         run_id=run_id,
         model_id=model_id,
-        tags={MD5_TAG: ref["md5"], "model.path": ref["path"], **tags},
-        description=f"weights: {ref['path']} (md5 {ref['md5']}, {ref['bytes']} bytes), "
-        f"stored by DVC at commit {ref['git_commit'][:7]}",
+        tags={MD5_TAG: weights_md5(ref), "model.path": f"{ref['folder']}/model.pt", **tags},
+        description=f"weights: {ref['folder']}/model.pt (md5 {weights_md5(ref)}, "
+        f"{ref['files']['model.pt']['bytes']} bytes), stored by DVC at commit "
+        f"{ref['git_commit'][:7]}",
     )
 
 
