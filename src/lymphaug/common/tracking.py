@@ -25,8 +25,9 @@ from lymphaug.common.config import MlflowConfig
 from lymphaug.common.errors import LymphaugError
 
 PIPELINE_KEY_TAG = "lymphaug.pipeline_key"
-# MLflow 3 opens an experiment on the page its kind names; untagged, it guesses "GenAI"
-# and shows an empty traces page. These are model-training runs.
+# Earlier MLflow 3 UIs open an experiment on the page its kind names; untagged, they guess
+# "GenAI" and show an empty traces page. These are model-training runs. (MLflow 3.17's UI
+# ignores the tag for a per-browser GenAI / Model training switch: the README says how.)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 ROLE_TAG = "lymphaug.role"
 PARENT_TAG = "mlflow.parentRunId"
