@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -154,8 +155,12 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     shutil.copytree(repo.root, root)
     layout = Layout(root)
     params = _params(tmp_path, [0, 1, 2])
+    version = _register(params.mlflow.tracking_uri, layout.classifier("base", 0))
     assert compare.run(params, layout) == 0
     out = capsys.readouterr().out
+    # all seeds tie on validation accuracy (0.5 at epoch 2): the lowest seed is "best"
+    assert f"lymphaug-classifier-base@best = version {version} (seed 0)" in out
+    assert "lymphaug-classifier-dct: no registry version holds these weights" in out
     assert "  synthetic images: FID " in out and "x that of a real set of the same size" in out
 
     text = (root / "reports/report.md").read_text()
@@ -205,6 +210,14 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     assert got["compare.vs_base.dct.accuracy_diff"] == pytest.approx(4 / 18, abs=1e-6)
     arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "compare")}
     assert {"compare/report.md", "compare/metrics.json", "compare/plots"} <= arts
+    # the report as a page MLflow renders, its figures inside it; each figure an MLflow image
+    got = client.download_artifacts(runs[0].info.run_id, "compare/report.html", str(tmp_path))
+    page = Path(got).read_text()
+    assert page.count('<img src="data:image/png;base64,') == text.count("![") == 4
+    assert "<table>" in page and "](compare/" not in page
+    note = runs[0].data.tags["mlflow.note.content"]  # the run page's description
+    assert "`compare/report.html`" in note and "- dct vs base: +22.2 points" in note
+    assert runs[0].info.end_time >= runs[0].info.start_time  # compare ended the parent
 
     # same inputs, byte-identical outputs
     before = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
@@ -212,6 +225,28 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     after = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}
     assert before.keys() == after.keys()
     assert [p for p in before if before[p] != after[p]] == []
+
+
+def _register(uri: str, model_dir) -> str:
+    """One registry version of ``model_dir`` under a real run, the way train logs it."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from lymphaug.common import registry
+
+    mlflow.set_tracking_uri(uri)  # as tracking.setup does: the registry resolves models:/ there
+    client = MlflowClient(uri)
+    exp = client.create_experiment("training")
+    run = client.create_run(exp).info.run_id
+    (model_dir / "model.json").write_text("{}\n")
+    ref = registry.reference(model_dir, model_dir.parents[2], "abc1234")
+    model_id = registry.log_reference_model(
+        client, experiment_id=exp, run_id=run, name="m", model_dir=model_dir, ref=ref
+    )
+    version = registry.register_version(
+        client, condition="base", model_id=model_id, run_id=run, ref=ref, tags={"seed": "0"}
+    )
+    return str(version.version)
 
 
 def test_mcnemar_counts_pair_by_seed_and_image(repo):

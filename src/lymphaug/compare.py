@@ -152,16 +152,66 @@ def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
     return analysis, metrics
 
 
-def log_to_parent(client, parent: str, layout: Layout, metrics: dict) -> None:
-    """Summary metrics on the pipeline's parent run; report and plots as its artifacts."""
+def log_to_parent(client, parent: str, layout: Layout, metrics: dict, note: str) -> None:
+    """Summary metrics on the pipeline's parent run; the report (markdown, and HTML with its
+    figures embedded: MLflow shows markdown as text but renders HTML), metrics and plots as
+    its artifacts; ``note`` as its description, the first thing its page shows."""
+    from lymphaug.comparison import report_html
+
     for key, value in sorted(flat_metrics(metrics).items()):
         client.log_metric(parent, key, value)
-    client.log_artifact(parent, str(layout.reports / "report.md"), "compare")
+    report_md = layout.reports / "report.md"
+    client.log_artifact(parent, str(report_md), "compare")
+    page = report_html.render(
+        report_md.read_text(), base=layout.reports, title="lymphaug comparison report"
+    )
+    client.log_text(parent, page, "compare/report.html")
     client.log_artifact(parent, str(layout.reports / "metrics.json"), "compare")
     client.log_artifacts(parent, str(layout.reports / PLOTS_DIR), "compare/plots")
     contact = layout.reports / "synthetic_contact_sheet.png"
     if contact.is_file():
         client.log_artifact(parent, str(contact), "compare/plots")
+    client.set_tag(parent, "mlflow.note.content", note)
+
+
+def parent_note(analysis: Analysis, best: dict[str, str], quality: str) -> str:
+    """The parent run's description (markdown): the verdicts, and where the report is."""
+    lines = [
+        f"**Comparison**: {len(analysis.seeds)} seed(s) x {analysis.n_test} test images. "
+        "The whole report, figures included: Artifacts, `compare/report.html`.",
+        "",
+        *(f"- {condition} vs base: {line}" for condition, line in analysis.verdicts.items()),
+        f"- synthetic images: {quality}",
+        "",
+        "Best seed per condition (registry alias): " + "; ".join(best.values()),
+    ]
+    return "\n".join(lines)
+
+
+def mark_best_models(client, runs: dict[str, list[RunResult]], layout: Layout) -> dict[str, str]:
+    """Alias ``best`` on each condition's best seed (validation accuracy) in the registry.
+
+    The versions are found by the md5 of the weights in models/, so the alias goes to the
+    model these results came from even when the training runs logged under another
+    pipeline key (an unchanged stage DVC did not rerun). Returns condition -> a line.
+    """
+    from lymphaug.common import registry
+    from lymphaug.common.files import md5_file
+
+    lines = {}
+    for condition, cond_runs in runs.items():
+        weights = {r.seed: layout.classifier(condition, r.seed) / "model.pt" for r in cond_runs}
+        md5s = {seed: md5_file(path) for seed, path in weights.items() if path.is_file()}
+        scores = {r.seed: r.best_val_accuracy for r in cond_runs if r.best_val_accuracy is not None}
+        version = registry.mark_best(client, condition=condition, scores=scores, md5s=md5s)
+        name = registry.registered_name(condition)
+        lines[condition] = (
+            f"{name}@{registry.BEST_ALIAS} = version {version.version} "
+            f"(seed {version.tags.get('seed', '?')})"
+            if version is not None
+            else f"{name}: no registry version holds these weights, alias not set"
+        )
+    return lines
 
 
 def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) -> int:
@@ -169,18 +219,28 @@ def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) 
     from lymphaug.common import tracking
 
     # cheap checks first: missing runs or mismatched test sets fail before anything else
-    results.read_all(layout, list(CONDITIONS), list(params.train.seeds), list(params.classes))
+    runs = results.read_all(
+        layout, list(CONDITIONS), list(params.train.seeds), list(params.classes)
+    )
     client, exp_id = tracking.setup(params.mlflow, layout.root)  # fails fast if down
     analysis, metrics = produce(params, layout)
-    parent = tracking.parent_run_id(client, exp_id, tracking.pipeline_key(layout.root))
-    log_to_parent(client, parent, layout, metrics)
+    uri = tracking.tracking_uri(params.mlflow, layout.root)
+    with tracking.talking_to(uri, "logging the comparison"):
+        key = tracking.pipeline_key(layout.root)
+        parent = tracking.parent_run_id(client, exp_id, key, layout.root)
+        best = mark_best_models(client, runs, layout)
+        quality = quality_summary(metrics.get("synthetic_quality"))
+        note = parent_note(analysis, best, quality)
+        log_to_parent(client, parent, layout, metrics, note)
+        tracking.extend_parent(client, parent)
     print(
         f"compare: {len(analysis.seeds)} seed(s) x {analysis.n_test} test images; report at "
         f"{layout.reports / 'report.md'} (MLflow parent run {parent})"
     )
     for condition, line in analysis.verdicts.items():
         print(f"  {condition} vs base: {line}")
-    print(f"  synthetic images: {quality_summary(metrics.get('synthetic_quality'))}")
+    print(f"  synthetic images: {quality}")
+    print("  best seeds: " + "; ".join(best.values()))
     return 0
 
 

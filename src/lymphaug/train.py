@@ -334,7 +334,6 @@ def _train_and_log(
     """The MLflow child run around training, testing and writing the outputs."""
     from lymphaug.classifier.mlflow_run import ChildRun
 
-    cfg = params.train
     child = ChildRun(params, layout, condition, seed)  # fails fast if the server is down
     try:
         splits = load_splits(condition, params, layout)
@@ -366,7 +365,9 @@ def _train_and_log(
         )
         curves_png(outcome.history, figures / "training_curves.png", title)
         child.finish(
-            outcome.model, outcome.metrics, [*files, *sorted(figures.glob("*.png"))], cfg.input_size
+            outcome.metrics,
+            [*files, *sorted(figures.glob("*.png"))],
+            layout.classifier(condition, seed),
         )
     except TrackingError as err:
         child.fail(server_down=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 from fixtures.classifier_data import make_dataset, tiny_params
@@ -15,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from lymphaug.cli import main
 from lymphaug.common import tracking
 from lymphaug.common.config import MlflowConfig
+from lymphaug.common.files import md5_file
 from lymphaug.common.paths import Layout
 
 EPOCH_KEYS = {"train_loss", "train_acc", "val_loss", "val_acc"}
@@ -78,6 +82,31 @@ def test_sqlite_store_parent_children_curves_artifacts(tmp_path):
     assert (tmp_path / "mlartifacts").is_dir()  # artifacts beside the store, not in the cwd
     models = client.search_logged_models([exp.experiment_id])
     assert {"classifier-base-seed0", "classifier-dct-seed0"} <= {m.name for m in models}
+    # the parent's duration covers its children: it ends when the last child ended
+    parent = client.get_run(parents[0].info.run_id).info
+    assert parent.start_time <= min(r.info.start_time for r in children.values())
+    assert parent.end_time >= max(r.info.end_time for r in children.values())
+    assert parent.status == "FINISHED"
+    # one registry version per training run, pointing at DVC's copy of the weights
+    out = Layout(tmp_path)
+    versions = client.search_model_versions("name = 'lymphaug-classifier-base'")
+    assert len(versions) == 2  # base seed 0 ran twice
+    newest = max(versions, key=lambda v: int(v.version))
+    weights = out.classifier("base", 0) / "model.pt"
+    assert newest.tags["model.md5"] == md5_file(weights) and newest.tags["seed"] == "0"
+    model_id = newest.source.removeprefix("models:/")  # the logged model, by its id
+    assert client.get_logged_model(model_id).name == "classifier-base-seed0"
+    assert newest.run_id == children["train base seed=0"].info.run_id
+    run = client.get_run(newest.run_id)  # the run page lists it under "Logged models"
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
+    got = mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "d"))
+    ref = json.loads((Path(got) / "dvc_reference.json").read_text())
+    assert ref["folder"] == "models/base/seed_0"
+    assert ref["files"]["model.pt"]["md5"] == newest.tags["model.md5"]
+    # stored once: MLflow's artifact store holds no weights, only references and reports
+    stored = [p for p in (tmp_path / "mlartifacts").rglob("*") if p.is_file()]
+    assert not [p for p in stored if p.suffix in (".pt", ".pth")]
+    assert max(p.stat().st_size for p in stored) < weights.stat().st_size
     # MLflow 3 opens the experiment on its training runs, not on an empty traces page
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert parents[0].info.run_name == "dvc repro @ unknown (test-p)"  # tmp_path: no git
@@ -88,7 +117,6 @@ def test_sqlite_store_parent_children_curves_artifacts(tmp_path):
     split_keys = set(children["split"].data.params)
     assert split_keys | {"condition", "seed"} == set(children["train base seed=0"].data.params)
     assert {"finetune.base_model", "generate.mode", "ingest.source"} <= split_keys
-    out = Layout(tmp_path)
     assert (out.train_report("dct", 0) / "metrics.json").is_file()
     assert (out.classifier("base", 0) / "model.pt").is_file()
 
@@ -130,6 +158,9 @@ def test_real_mlflow_server_over_http(tmp_path):
         with open(local) as f:
             assert f.readline().startswith("epoch,train_loss")
         assert any(server.artifacts.rglob("confusion_matrix.png"))
+        # the server accepts the registry version whose source is the reference model
+        (version,) = client.search_model_versions("name = 'lymphaug-classifier-base'")
+        assert version.tags["seed"] == "1" and version.source.startswith("models:/m-")
 
 
 def test_http_retries_are_bounded_unless_the_user_set_them(monkeypatch, tmp_path):
@@ -140,3 +171,27 @@ def test_http_retries_are_bounded_unless_the_user_set_them(monkeypatch, tmp_path
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"  # the user's value stays
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "1"
+
+
+def test_a_failed_stage_fails_the_parent_until_its_rerun_finishes(tmp_path):
+    """The parent's status and end follow the child that ended last (about 2 s)."""
+    params = _write_params(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def parent():
+        exp = client.get_experiment_by_name("t")
+        found = client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`{tracking.ROLE_TAG}` = 'parent'"
+        )
+        assert len(found) == 1
+        return found[0].info
+
+    with pytest.raises(RuntimeError), tracking.stage_run(params, tmp_path, "split"):
+        raise RuntimeError("the stage broke")
+    failed = parent()
+    assert failed.status == "FAILED"
+    with tracking.stage_run(params, tmp_path, "split") as run_id:
+        pass
+    done, child = parent(), client.get_run(run_id).info
+    assert done.status == "FINISHED" and child.status == "FINISHED"
+    assert done.end_time >= child.end_time >= failed.end_time

@@ -11,14 +11,11 @@ after MLflow's retries, which the project bounds to seconds.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
-from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from lymphaug.common import tracking
+from lymphaug.common import registry, tracking
 from lymphaug.common.config import Params
 from lymphaug.common.paths import Layout
 
@@ -28,7 +25,8 @@ def run_name(condition: str, seed: int) -> str:
 
 
 def model_name(condition: str, seed: int) -> str:
-    """The logged model's name: MLflow's models page lists six of them, not six "model"s."""
+    """The logged model's name: MLflow's models page lists six of them, not six "model"s
+    (the registered model is per condition: :func:`lymphaug.common.registry.registered_name`)."""
     return f"classifier-{condition}-seed{seed}"
 
 
@@ -36,13 +34,13 @@ class ChildRun:
     """The MLflow child run of one training stage execution."""
 
     def __init__(self, params: Params, layout: Layout, condition: str, seed: int) -> None:
-        self.condition, self.seed = condition, seed
+        self.condition, self.seed, self.root = condition, seed, layout.root
         self.uri = tracking.tracking_uri(params.mlflow, layout.root)
         self.client, self.experiment_id = tracking.setup(params.mlflow, layout.root)
         with tracking.talking_to(self.uri, "creating the run"):
-            key = tracking.pipeline_key(layout.root)
+            self.key = tracking.pipeline_key(layout.root)
             self.parent_id = tracking.parent_run_id(
-                self.client, self.experiment_id, key, layout.root
+                self.client, self.experiment_id, self.key, layout.root
             )
             tags = tracking.run_tags(layout.root, {"condition": condition, "seed": str(seed)})
             self.run_id = tracking.fresh_child_run_id(
@@ -94,16 +92,17 @@ class ChildRun:
         with tracking.talking_to(self.uri, f"logging epoch {step}"):
             self.client.log_batch(self.run_id, metrics=metrics)
 
-    def finish(self, model, metrics: dict, files: list[Path], input_size: int) -> None:
-        """Test metrics, artifacts, the model; then mark the run finished."""
+    def finish(self, metrics: dict, files: list[Path], model_dir: Path) -> None:
+        """Test metrics and artifacts; the model as a registry version that references
+        DVC's copy of the weights (common/registry.py says why); then end the run."""
         import mlflow
-        import mlflow.pytorch
 
         flat = {k: metrics[k] for k in ("test_accuracy", "test_macro_f1", "best_val_acc")}
         for c, m in metrics["per_class"].items():
             for k in ("precision", "recall", "f1"):
                 flat[f"test_{k}_{c}"] = m[k]
         flat["best_epoch"] = metrics["best_epoch"]
+        ref = registry.reference(model_dir, self.root, tracking.git_commit(self.root))
         with (
             tracking.talking_to(self.uri, "logging the results and the model"),
             mlflow.start_run(run_id=self.run_id),
@@ -111,23 +110,32 @@ class ChildRun:
             mlflow.log_metrics(flat)
             for f in files:
                 mlflow.log_artifact(str(f))
-            # Two images, not one: torch.export would fix the batch size to the example's
-            # ("dimension inputs[0].shape[0] 0/1 specialized") and the model would take one
-            # image at a time. The requirement is named, not inferred: inference fails on an
-            # exported program and warned "Encountered an unexpected error while inferring".
-            example = np.zeros((2, 3, input_size, input_size), dtype=np.float32)
-            mlflow.pytorch.log_model(
-                model,
+            model_id = registry.log_reference_model(
+                self.client,
+                experiment_id=self.experiment_id,
+                run_id=self.run_id,
                 name=model_name(self.condition, self.seed),
-                input_example=example,
-                pip_requirements=[f"torch=={metadata.version('torch')}"],
+                model_dir=model_dir,
+                ref=ref,
             )
+            self.version = registry.register_version(
+                self.client,
+                condition=self.condition,
+                model_id=model_id,
+                run_id=self.run_id,
+                ref=ref,
+                tags={
+                    "seed": str(self.seed),
+                    "best_val_acc": f"{metrics['best_val_acc']:.4f}",
+                    "test_accuracy": f"{metrics['test_accuracy']:.4f}",
+                    tracking.PIPELINE_KEY_TAG: self.key,
+                },
+            )
+        with tracking.talking_to(self.uri, "ending the run"):
+            tracking.extend_parent(self.client, self.parent_id)
 
     def fail(self, *, server_down: bool = False) -> None:
         """Mark the run FAILED when the store still answers; never raise over the real error."""
-        try:
-            with tracking.no_retries() if server_down else nullcontext():
-                self.client.set_terminated(self.run_id, status="FAILED")
-        except Exception as err:
-            if not tracking.is_tracking_failure(err):
-                raise
+        with tracking.best_effort(server_down=server_down):
+            self.client.set_terminated(self.run_id, status="FAILED")
+            tracking.extend_parent(self.client, self.parent_id, failed=True)

@@ -176,7 +176,15 @@ def write_text_atomic(target: str | Path, text: str) -> None:
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+    return _file_digest(path, hashlib.sha256(), chunk)
+
+
+def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The key DVC 3 stores a file under in its cache and remotes (.dvc/cache/files/md5/)."""
+    return _file_digest(path, hashlib.md5(), chunk)
+
+
+def _file_digest(path: str | Path, h, chunk: int) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)

@@ -5,7 +5,8 @@ one of them. Instead every stage finds (or creates) the parent run tagged with t
 pipeline key: a hash of the git commit and params.yaml, or ``LYMPHAUG_PIPELINE_ID``
 when set. Children are named explicitly (``train base seed=0``); rerunning a stage
 replaces its earlier child under the same parent, so the compare view never shows
-orphans or duplicates.
+orphans or duplicates. Each child that ends moves the parent's end time forward
+(:func:`extend_parent`), so the parent's duration covers its children.
 """
 
 from __future__ import annotations
@@ -13,18 +14,20 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from lymphaug.common.config import MlflowConfig
 from lymphaug.common.errors import LymphaugError
 
 PIPELINE_KEY_TAG = "lymphaug.pipeline_key"
-# MLflow 3 opens an experiment on the page its kind names; untagged, it guesses "GenAI"
-# and shows an empty traces page. These are model-training runs.
+# Earlier MLflow 3 UIs open an experiment on the page its kind names; untagged, they guess
+# "GenAI" and show an empty traces page. These are model-training runs. (MLflow 3.17's UI
+# ignores the tag for a per-browser GenAI / Model training switch: the README says how.)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 ROLE_TAG = "lymphaug.role"
 PARENT_TAG = "mlflow.parentRunId"
@@ -64,6 +67,18 @@ def no_retries() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def best_effort(*, server_down: bool = False) -> Iterator[None]:
+    """Marking runs failed after an error: a tracking failure here is dropped, never raised
+    over the real error (one 5 s try when the server is already known to be down)."""
+    try:
+        with no_retries() if server_down else nullcontext():
+            yield
+    except Exception as err:
+        if not is_tracking_failure(err):
+            raise
 
 
 def is_tracking_failure(err: BaseException) -> bool:
@@ -192,6 +207,22 @@ def parent_run_id(client, experiment_id: str, key: str, root: Path | None = None
     return run.info.run_id
 
 
+def extend_parent(client, parent_id: str, *, failed: bool = False) -> None:
+    """Move the parent run's end to now, after one of its children ended (or compare logged).
+
+    Why not keep the parent RUNNING until compare ends: no stage knows it is the last (DVC
+    may stop after any stage, on a failure or with ``dvc repro train-base@0``), and a
+    parent left RUNNING would show as running forever. So the parent is created ended and
+    each ending child pushes its end forward: its duration runs from the first stage's
+    start to the last stage's end. Its status is the last child's (FAILED until a rerun of
+    the failed stage finishes). Never earlier than an end already recorded: two stages of
+    one pipeline may end out of order.
+    """
+    end = client.get_run(parent_id).info.end_time or 0
+    status = "FAILED" if failed else "FINISHED"
+    client.set_terminated(parent_id, status=status, end_time=max(end, int(time.time() * 1000)))
+
+
 def fresh_child_run_id(
     client, experiment_id: str, parent_id: str, name: str, tags: dict[str, str] | None = None
 ) -> str:
@@ -239,10 +270,17 @@ def stage_run(params, root: Path, name: str, tags: dict[str, str] | None = None)
     with talking_to(uri, f"creating the run {name!r}"):
         parent = parent_run_id(client, exp_id, pipeline_key(root), root)
         run_id = fresh_child_run_id(client, exp_id, parent, name, run_tags(root, tags))
-    with mlflow.start_run(run_id=run_id):
-        with talking_to(uri, f"logging the params of {name!r}"):
-            mlflow.log_params(all_params(params))
-        yield run_id
+    try:
+        with mlflow.start_run(run_id=run_id):
+            with talking_to(uri, f"logging the params of {name!r}"):
+                mlflow.log_params(all_params(params))
+            yield run_id
+    except BaseException as err:
+        with best_effort(server_down=isinstance(err, TrackingError)):
+            extend_parent(client, parent, failed=True)
+        raise
+    with talking_to(uri, f"ending the run {name!r}"):
+        extend_parent(client, parent)
 
 
 def run_tags(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

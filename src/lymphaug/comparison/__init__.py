@@ -6,5 +6,6 @@
 - :mod:`.features`: the image feature extractor (ImageNet weights or the base classifier);
 - :mod:`.image_metrics`: FID, KID, nearest-neighbour distances, the linear probe;
 - :mod:`.synthetic_quality`: those metrics applied to the synthetic set;
-- :mod:`.figures`: the report's plots; :mod:`.report`: the markdown report.
+- :mod:`.figures`: the report's plots; :mod:`.report`: the markdown report;
+- :mod:`.report_html`: that report as one self-contained page for MLflow.
 """

@@ -52,6 +52,13 @@ class RunResult:
         """Test accuracy recomputed from the per-image predictions."""
         return float(self.correct.mean())
 
+    @property
+    def best_val_accuracy(self) -> float | None:
+        """Validation accuracy at the chosen epoch: what picks the registry's best seed."""
+        if self.best_epoch is not None and self.best_epoch in self.epochs:
+            return float(self.val_accuracy[list(self.epochs).index(self.best_epoch)])
+        return float(self.val_accuracy.max()) if self.val_accuracy.size else None
+
     def confusion(self, n_classes: int) -> np.ndarray:
         """Rows: true class, columns: predicted (shared with the training stage's metrics)."""
         return confusion_matrix(self.labels, self.predicted, n_classes)
