@@ -449,6 +449,7 @@ def test_leftovers_of_killed_and_other_params_runs_are_found(tmp_path):
 @pytest.mark.slow
 def test_two_real_trains_of_one_condition_and_seed(tmp_path):
     """While one `lymphaug train` trains, a second refuses at once; the first's run survives."""
+    import signal
     import subprocess
     import sys
     import time
@@ -470,8 +471,14 @@ def test_two_real_trains_of_one_condition_and_seed(tmp_path):
         while not list((root / "work" / "train").rglob(CHECKPOINT)):
             assert first.poll() is None and time.monotonic() < deadline, "first run ended"
             time.sleep(0.05)
-        second = subprocess.run(train, cwd=root, env=env, capture_output=True, text=True)
-        assert first.poll() is None, "the second run must refuse while the first trains"
+        # hold the first run mid-training (a stopped process keeps its lock) while the second
+        # starts: on a fast CPU the first could otherwise finish before the second is up
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = subprocess.run(train, cwd=root, env=env, capture_output=True, text=True)
+            assert first.poll() is None, "the second run must refuse while the first trains"
+        finally:
+            first.send_signal(signal.SIGCONT)
         out, _ = first.communicate(timeout=300)
     finally:
         first.kill()
