@@ -164,7 +164,7 @@ def train_autoencoder(
         if not torch.isfinite(loss):
             bar.close()
             raise TrainingDiverged(
-                f"autoencoder phase: loss became {float(loss)} at step {step + 1}: training "
+                f"autoencoder phase: loss became {loss.item()} at step {step + 1}: training "
                 f"diverged (autoencoder.learning_rate={cfg.learning_rate:g} too high?). "
                 f"Checkpoints kept in {work_dir}; lower the learning rate and rerun "
                 "(--no-resume to start over)"
