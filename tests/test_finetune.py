@@ -71,7 +71,7 @@ def test_loss_goes_down_on_a_fixed_batch():
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
 
 
