@@ -13,8 +13,9 @@ the pipeline's outputs live under run-id-named folders that change on every run,
 project's ``model.pt`` is a state dict read with ``weights_only=True``. So each version's
 logged model holds ``model.json`` (how to rebuild the network) and ``dvc_reference.json``
 (each file's path, md5 and size, the commit and DVC experiment that made it), and its tags
-carry the weights' md5: the key DVC's cache and remotes store the file under. The
-diffusion model (finetune) is logged the same way: its reference, not its weights.
+carry the weights' md5: the key DVC's cache and remotes store the file under. (The
+diffusion model follows finetune's own rule: tags naming the DVC output, and a copy of the
+weights only under 100 MiB; see finetune.log_model_reference.)
 """
 
 from __future__ import annotations
