@@ -10,7 +10,7 @@ pipeline's character-level one (CLIP's vocabulary files are a download too).
 from __future__ import annotations
 
 from lymphaug.diffusion.seeding import seeded
-from lymphaug.diffusion.tiny import BOS, EOS, MAX_LENGTH, assemble, tiny_tokenizer
+from lymphaug.diffusion.tiny import MAX_LENGTH, assemble, build_text_encoder, tiny_tokenizer
 
 UNET = dict(
     sample_size=64,
@@ -58,14 +58,9 @@ def build_unet(seed: int = 0):
 def build_sd15_pipeline(seed: int = 0):
     """A StableDiffusionPipeline with SD v1.5's components (random weights, fp32, ~4.3 GB)."""
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_tokenizer()
-    vocab = tokenizer.get_vocab()
-    ids = dict(bos_token_id=vocab[BOS], eos_token_id=vocab[EOS], pad_token_id=vocab[EOS])
     with seeded(seed):
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER, **ids))
+        encoder = build_text_encoder(tokenizer, **TEXT_ENCODER)
         vae = AutoencoderKL(**VAE)
-    return assemble(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=build_unet(seed + 1)
-    )
+    return assemble(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=build_unet(seed + 1))

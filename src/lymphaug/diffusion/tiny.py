@@ -50,25 +50,26 @@ def tiny_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=MAX_LENGTH)
 
 
-def _text_encoder(tokenizer):
-    """A small CLIP text encoder (random weights; callers seed torch first)."""
+TEXT_ENCODER = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=MAX_LENGTH,
+    projection_dim=32,
+)
+
+
+def build_text_encoder(tokenizer, **config):
+    """A CLIP text encoder for ``tokenizer`` (random weights; callers seed torch first):
+    the tiny one, or the sizes in ``config`` (sd15.py: SD v1.5's), wired to the
+    tokenizer's special tokens."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     vocab = tokenizer.get_vocab()
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=MAX_LENGTH,
-            projection_dim=32,
-            bos_token_id=vocab[BOS],
-            eos_token_id=vocab[EOS],
-            pad_token_id=vocab[EOS],
-        )
-    )
+    sizes = {"vocab_size": len(vocab), **(config or TEXT_ENCODER)}
+    ids = {"bos_token_id": vocab[BOS], "eos_token_id": vocab[EOS], "pad_token_id": vocab[EOS]}
+    return CLIPTextModel(CLIPTextConfig(**sizes, **ids))
 
 
 def text_encoder_and_tokenizer(seed: int):
@@ -79,7 +80,7 @@ def text_encoder_and_tokenizer(seed: int):
     """
     tokenizer = tiny_tokenizer()
     with seeded(seed):
-        return _text_encoder(tokenizer), tokenizer
+        return build_text_encoder(tokenizer), tokenizer
 
 
 def sd_scheduler():
@@ -120,7 +121,7 @@ def build_tiny_pipeline(seed: int):
 
     tokenizer = tiny_tokenizer()
     with seeded(seed):
-        text_encoder = _text_encoder(tokenizer)
+        text_encoder = build_text_encoder(tokenizer)
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
