@@ -44,11 +44,11 @@ SHEET_PER_CLASS = 3
 
 
 def _write_reports(layout: Layout, *, curve: pd.DataFrame, metrics: dict, sheet) -> None:
-    with atomic_path(layout.reports / CURVE) as tmp:
+    with atomic_path(layout.fold_reports / CURVE) as tmp:
         curve.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6g")
     text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
     write_text_atomic(layout.autoencoder_metrics, text)
-    with atomic_path(layout.reports / SHEET) as tmp:
+    with atomic_path(layout.fold_reports / SHEET) as tmp:
         sheet.save(tmp, format="PNG")
 
 
@@ -82,7 +82,9 @@ def autoencoder(
     """The whole stage; returns (AutoencoderInfo, AutoencoderResult or None when skipped)."""
     if params.finetune.base_model != SCRATCH:
         return skip(params, layout), None
-    with exclusive(lock_path(layout.work / "autoencoder"), "lymphaug autoencoder"):
+    with exclusive(
+        lock_path(layout.fold_work("autoencoder")), f"lymphaug autoencoder --fold {layout.fold}"
+    ):
         return _train(
             params, layout, resume=resume, resume_from=resume_from, track=track, on_step=on_step
         )
@@ -158,7 +160,7 @@ def _train(params: Params, layout: Layout, *, resume, resume_from, track, on_ste
 
     from lymphaug.diffusion.track import MetricBuffer, child_run, flat_params
 
-    with child_run(params, layout.root, "autoencoder") as run_id:
+    with child_run(params, layout.root, "autoencoder", fold=layout.fold) as run_id:
         mlflow.log_params({**flat_params("autoencoder", cfg), "train_images": len(train)})
         buffer = MetricBuffer(run_id)
 
@@ -177,7 +179,7 @@ def _train(params: Params, layout: Layout, *, resume, resume_from, track, on_ste
                 mlflow.log_metrics({f"{name}_l1": values["l1"], f"{name}_psnr": values["psnr"]})
             mlflow.log_metrics({"scaling_factor": info.scaling_factor})
             for name in (CURVE, METRICS, SHEET):
-                mlflow.log_artifact(str(layout.reports / name))
+                mlflow.log_artifact(str(layout.fold_reports / name))
 
         return finish(result, log)
 

@@ -21,7 +21,7 @@ from lymphaug.common.paths import Layout
 
 
 def run(params: Params, layout: Layout, args: argparse.Namespace) -> int:
-    with exclusive(lock_path(layout.work / "dct"), "lymphaug dct"):
+    with exclusive(lock_path(layout.fold_work("dct")), f"lymphaug dct --fold {layout.fold}"):
         remove_stale_temps(layout.dct)
         remove_stale_temps(layout.dct_contact_sheet)
         return _run(params, layout)

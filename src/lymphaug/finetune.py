@@ -100,9 +100,13 @@ def finetune(
     from lymphaug.diffusion import training
 
     accelerator = training.make_accelerator(params.finetune)
-    lock = lock_path(layout.work / "finetune")
+    lock = lock_path(layout.fold_work("finetune"))
     # only the main process writes, so only it locks and cleans up
-    with exclusive(lock, "lymphaug finetune") if accelerator.is_main_process else nullcontext():
+    with (
+        exclusive(lock, f"lymphaug finetune --fold {layout.fold}")
+        if accelerator.is_main_process
+        else nullcontext()
+    ):
         return _finetune(
             params,
             layout,
@@ -224,7 +228,7 @@ def _finetune(
 
     from lymphaug.diffusion.track import MetricBuffer, child_run, flat_params
 
-    with child_run(params, layout.root, "finetune") as run_id:
+    with child_run(params, layout.root, "finetune", fold=layout.fold) as run_id:
         mlflow.log_params({**flat_params("finetune", cfg), "train_images": len(train)})
         mlflow.set_tags({"base_model": cfg.base_model, "base_fingerprint": base_fingerprint})
         buffer = MetricBuffer(run_id)
@@ -245,7 +249,7 @@ def _finetune(
         saved = _save(pipe, layout, info=info, result=result, is_main=is_main, work_dir=work_dir)
         mlflow.log_metrics({"final_loss": result.losses[-1], "resumed_from": result.resumed_from})
         log_model_reference(layout.diffusion_model, saved, root=layout.root)
-        mlflow.log_artifact(str(layout.reports / "finetune_loss.csv"))
+        mlflow.log_artifact(str(layout.fold_reports / "finetune_loss.csv"))
     return result, saved
 
 
@@ -332,7 +336,7 @@ def _save(pipe, layout: Layout, *, info, result, is_main: bool, work_dir: Path):
         pipe.to(torch.float32)
     with atomic_path(layout.diffusion_model) as tmp:
         saved = loading.save_finetuned(pipe, tmp, info)
-    write_curve(layout.reports / "finetune_loss.csv", result.losses, result.lrs)
+    write_curve(layout.fold_reports / "finetune_loss.csv", result.losses, result.lrs)
     remove(work_dir)
     return saved
 

@@ -345,14 +345,16 @@ def generate(
     MLflow run is opened, so an unreachable tracking server fails before any image is
     generated rather than after.
     """
-    with exclusive(lock_path(layout.work / "generate"), "lymphaug generate"):
+    with exclusive(
+        lock_path(layout.fold_work("generate")), f"lymphaug generate --fold {layout.fold}"
+    ):
         if not track:
             return _generate(
                 params, layout, resume=resume, on_image=on_image, device=device, run_id=None
             )
         from lymphaug.diffusion.track import child_run
 
-        with child_run(params, layout.root, "generate") as run_id:
+        with child_run(params, layout.root, "generate", fold=layout.fold) as run_id:
             return _generate(
                 params, layout, resume=resume, on_image=on_image, device=device, run_id=run_id
             )
@@ -411,7 +413,7 @@ def _generate(
         per_class=cfg.contact_sheet_per_class,
         crop=size if info.extra.get("scale") else None,
     )
-    with atomic_path(layout.reports / SHEET) as tmp:
+    with atomic_path(layout.fold_reports / SHEET) as tmp:
         sheet.save(tmp, format="PNG")
     summary = {
         "images": len(jobs),
@@ -441,7 +443,7 @@ def _generate(
                 "images_per_s": made / seconds if made else 0.0,
             }
         )
-        mlflow.log_artifact(str(layout.reports / SHEET))
+        mlflow.log_artifact(str(layout.fold_reports / SHEET))
         mlflow.log_artifact(str(layout.synthetic / "manifest.csv"))
     return summary
 
@@ -454,7 +456,7 @@ def run(params: Params, layout: Layout, args) -> int:
     note = f" ({summary['skipped']} already done, resumed)" if summary["skipped"] else ""
     print(
         f"generate: {summary['images']} images{note} in {summary['seconds']:.1f} s "
-        f"-> {layout.synthetic}; contact sheet {layout.reports / SHEET}"
+        f"-> {layout.synthetic}; contact sheet {layout.fold_reports / SHEET}"
     )
     return 0
 

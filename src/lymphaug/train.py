@@ -306,7 +306,10 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
     work = work_folder(params, layout, condition, seed, digests)
     check_reachable(tracking_uri(params.mlflow, layout.root))  # a server that is down: no trace
     # taken before the MLflow run: a second run would delete the first one's run
-    with exclusive(lock_path(work.parent), f"lymphaug train --condition {condition} --seed {seed}"):
+    with exclusive(
+        lock_path(work.parent),
+        f"lymphaug train --condition {condition} --fold {layout.fold} --seed {seed}",
+    ):
         stale = clean_stale(layout, work, condition=condition, seed=seed)
         if stale:
             print(f"train: removed {len(stale)} leftover(s) of earlier runs", file=sys.stderr)
