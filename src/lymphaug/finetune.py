@@ -185,10 +185,12 @@ def _finetune(
     if not resume:
         remove(work_dir)
     data = load_training_data(train, layout.raw, params.classes, cfg.prompts)
-    scale, extra = None, {}
+    # which fold's training images it learned: generate refuses to sample another fold's
+    extra: dict = {"fold": layout.fold, "split_sha256": sha256_file(layout.split_csv)}
+    scale = None
     if cfg.base_model == SCRATCH:
         pipe, scale = _scratch_base(cfg, layout, data, train)
-        extra = {"scale": scale}
+        extra["scale"] = scale
     else:
         pipe = loading.open_base(base, cfg.seed)
     # the base's version, to rebuild or check it under a LoRA adapter and to say what was used

@@ -41,11 +41,15 @@ from lymphaug.common.files import (
 from lymphaug.common.images import png_bytes, read_rgb, to_uint8
 from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.manifest import (
+    PROVENANCE_COLUMNS,
     RAW_COLUMNS,
     SPLIT_COLUMNS,
     SYNTHETIC_COLUMNS,
+    SYNTHETIC_ROW_COLUMNS,
+    assert_same_split,
     assert_train_only,
     read_table,
+    with_provenance,
     write_table,
 )
 from lymphaug.common.paths import Layout
@@ -285,16 +289,21 @@ def manifest_frame(jobs: list[Job], cfg: GenerateConfig) -> pd.DataFrame:
         }
         for job in jobs
     ]
-    return pd.DataFrame(rows, columns=SYNTHETIC_COLUMNS)
+    return pd.DataFrame(rows, columns=SYNTHETIC_ROW_COLUMNS)
 
 
-def publish(work_images: Path, jobs: list[Job], cfg: GenerateConfig, target: Path) -> None:
-    """Move the finished images and the manifest into ``target`` in one atomic rename."""
+def publish(
+    work_images: Path, jobs: list[Job], cfg: GenerateConfig, target: Path, *, provenance: dict
+) -> None:
+    """Move the finished images and the manifest into ``target`` in one atomic rename;
+    ``provenance``: the fold and split digest the model learned from (manifest.with_provenance).
+    """
     with atomic_path(target) as tmp:
         for job in jobs:
             (tmp / job.rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(work_images / job.rel, tmp / job.rel)
-        write_table(manifest_frame(jobs, cfg), tmp / "manifest.csv", SYNTHETIC_COLUMNS)
+        rows = with_provenance(manifest_frame(jobs, cfg), **provenance)
+        write_table(rows, tmp / "manifest.csv", SYNTHETIC_COLUMNS)
 
 
 def contact_sheet_image(
@@ -372,7 +381,7 @@ def _generate(
     """The stage's work; logs to the MLflow run ``run_id`` when there is one."""
     import torch
 
-    from lymphaug.diffusion.loading import load_finetuned
+    from lymphaug.diffusion.loading import INFO_FILE, load_finetuned
     from lymphaug.diffusion.sampling import pixel_multiple
 
     cfg = params.generate
@@ -382,6 +391,15 @@ def _generate(
     split = read_table(layout.split_csv, SPLIT_COLUMNS)
     train = split[split["split"] == "train"].sort_values("path", kind="stable")
     assert_train_only(train["path"], split, "generate")
+    split_sha256 = sha256_file(layout.split_csv)
+    learned = pd.DataFrame([info.extra]).reindex(columns=PROVENANCE_COLUMNS)
+    assert_same_split(
+        learned,
+        manifest_path=layout.diffusion_model / INFO_FILE,
+        fold=layout.fold,
+        split_path=layout.split_csv,
+        split_sha256=split_sha256,
+    )
     sources = {c: list(train[train["class"] == c]["path"]) for c in params.classes}
     jobs = plan(cfg, params.classes, info.prompts, sources)
     work = layout.work_dir("generate", generation_identity(cfg, info.fingerprint, size, jobs))
@@ -404,7 +422,8 @@ def _generate(
         on_image=on_image,
     )
     seconds = time.perf_counter() - start
-    publish(work / "images", jobs, cfg, layout.synthetic)
+    provenance = {"fold": layout.fold, "split_sha256": split_sha256}
+    publish(work / "images", jobs, cfg, layout.synthetic, provenance=provenance)
     remove(work)
     sheet = contact_sheet_image(
         layout,
