@@ -87,10 +87,10 @@ def test_autoencoder_learns_to_reconstruct(layout, tmp_path):
     assert set(info.reconstruction) == {"train", "val"}
     vae, loaded = ae.load_trained(layout.autoencoder_model)
     assert vae.config.scaling_factor == pytest.approx(info.scaling_factor, rel=1e-5)
-    metrics = json.loads((layout.reports / METRICS).read_text())
+    metrics = json.loads((layout.fold_reports / METRICS).read_text())
     assert metrics["val"]["l1"] == info.reconstruction["val"]["l1"]
-    assert (layout.reports / SHEET).stat().st_size > 0
-    assert len((layout.reports / CURVE).read_text().splitlines()) == 41
+    assert (layout.fold_reports / SHEET).stat().st_size > 0
+    assert len((layout.fold_reports / CURVE).read_text().splitlines()) == 41
 
 
 def test_interrupted_autoencoder_and_unet_resume_byte_identical(layout, tmp_path):
@@ -128,7 +128,7 @@ def test_a_pretrained_base_skips_the_stage_with_a_note(layout, tmp_path):
     info, result = autoencoder(params, layout, track=False)
     assert result is None and not info.trained and "tiny" in info.reason
     assert ae.read_info(layout.autoencoder_model) == info
-    assert json.loads((layout.reports / METRICS).read_text()) == {"trained": False}
+    assert json.loads((layout.fold_reports / METRICS).read_text()) == {"trained": False}
     with pytest.raises(DataError, match="holds no trained autoencoder"):
         ae.load_trained(layout.autoencoder_model)
 
@@ -178,7 +178,7 @@ def test_a_diverging_autoencoder_names_the_phase_and_step(layout, tmp_path):
     with pytest.raises(training.TrainingDiverged, match="autoencoder phase: loss became .* step"):
         autoencoder(params, layout, track=False)
     assert not layout.autoencoder_model.exists()
-    assert list((layout.work / "autoencoder").glob("*/checkpoints/checkpoint-000001"))
+    assert list((layout.fold_work("autoencoder")).glob("*/checkpoints/checkpoint-000001"))
 
 
 def test_a_diverging_unet_names_the_phase(layout, tmp_path):
