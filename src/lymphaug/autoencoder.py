@@ -1,17 +1,19 @@
-"""``lymphaug autoencoder``: the from-scratch generator's first stage -> models/autoencoder.
+"""``lymphaug autoencoder --fold F``: the from-scratch generator's first stage, learned from
+fold F's training images -> models/autoencoder/fold_<F>.
 
 With ``finetune.base_model: scratch`` it trains an AutoencoderKL on random crops of the
 rescaled *training* images (checked by ``assert_train_only``; see
 :mod:`lymphaug.diffusion.autoencoder`), logs the reconstruction error per step to MLflow,
-and writes the model, ``reports/autoencoder_loss.csv``, ``reports/autoencoder.json`` (the
-reconstruction error on training and on unseen validation crops) and
-``reports/autoencoder_reconstructions.png`` (real crops above, their reconstructions below).
+and writes the model and, in ``reports/folds/fold_<F>/``, ``autoencoder_loss.csv``,
+``autoencoder.json`` (the reconstruction error on training and on unseen validation crops)
+and ``autoencoder_reconstructions.png`` (real crops above, their reconstructions below).
 Its own DVC stage, so changing only the UNet's settings reuses the trained autoencoder.
 
 Any other base brings its own VAE: the stage then writes only a description saying so
 (``trained: false``) and placeholder reports, in milliseconds, so the pipeline is the same
-for every base. Checkpoints live in ``work/autoencoder/<params hash>`` and go once the
-model is saved; one autoencoder runs at a time (a lock in ``work/autoencoder``).
+for every base. Checkpoints live in ``work/autoencoder/fold_<F>/<params hash>`` and go once
+the model is saved; one autoencoder per fold runs at a time (a lock in
+``work/autoencoder/fold_<F>``).
 """
 
 from __future__ import annotations

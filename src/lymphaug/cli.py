@@ -30,7 +30,10 @@ STAGES: dict[str, tuple[str, str]] = {
         "lymphaug.split",
         "stratified, seeded train/val/test assignment per fold -> data/splits/fold_<f>.csv",
     ),
-    "dct": ("lymphaug.dct", "DCT-augment the training images (method1, method2) -> data/dct"),
+    "dct": (
+        "lymphaug.dct",
+        "DCT-augment one fold's training images (method1, method2) -> data/dct/fold_<f>",
+    ),
     "autoencoder": (
         "lymphaug.autoencoder",
         "train the from-scratch generator's AutoencoderKL (base_model: scratch) -> "
@@ -109,7 +112,8 @@ def _add_known_arguments(name: str, p: argparse.ArgumentParser) -> None:
             "--condition",
             required=True,
             choices=CONDITIONS,
-            help="training set: base (train split), dct (+ data/dct), synthetic (+ data/synthetic)",
+            help="training set: base (the fold's train split), dct (+ data/dct/fold_<f>), "
+            "synthetic (+ data/synthetic/fold_<f>)",
         )
         p.add_argument(
             "--seed",

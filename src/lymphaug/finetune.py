@@ -1,18 +1,20 @@
-"""``lymphaug finetune``: fine-tune the Stable Diffusion UNet on the training split.
+"""``lymphaug finetune --fold F``: fine-tune the Stable Diffusion UNet on fold F's training split.
 
-Reads data/split.csv (training rows only, checked by ``assert_train_only``) and the class
-prompts from params, trains under accelerate (``accelerate launch lymphaug finetune``
-works on several GPUs), and writes the model to ``models/diffusion`` (see
-:mod:`lymphaug.diffusion.loading` for its form) plus the loss curve
-``reports/finetune_loss.csv``. Checkpoints live in ``work/finetune/<params hash>`` so an
+Reads data/splits/fold_<F>.csv (training rows only, checked by ``assert_train_only``) and
+the class prompts from params, trains under accelerate (``accelerate launch lymphaug
+finetune`` works on several GPUs), and writes the model to ``models/diffusion/fold_<F>``
+(see :mod:`lymphaug.diffusion.loading` for its form; its description records the fold and
+the split file's sha256, which generate checks) plus the loss curve
+``reports/folds/fold_<F>/finetune_loss.csv``. Checkpoints live in
+``work/finetune/fold_<F>/<params hash>`` so an
 interrupted run resumes where it stopped. Once the model is saved they are removed, as
 train does: they only serve an interrupted run (a full Stable Diffusion checkpoint with
-Adam state is ~10 GB, several times the model), the model itself is in ``models/diffusion``
+Adam state is ~10 GB, several times the model), the model itself is in ``models/diffusion/``
 and DVC's cache, and training longer changes ``max_steps`` and so the work folder anyway.
 
-One finetune runs at a time (a lock in ``work/finetune``); holding it, a run removes what
-killed runs left: temporary model folders, half-written checkpoints, and the work folders
-of other params.
+One finetune per fold runs at a time (a lock in ``work/finetune/fold_<F>``); holding it, a
+run removes what killed runs left: temporary model folders, half-written checkpoints, and
+the work folders of other params.
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ def training_rows(split: pd.DataFrame, classes: list[str], prompts: dict[str, st
     train = split[split["split"] == "train"].sort_values("path", kind="stable")
     unknown = sorted(set(train["class"]) - set(classes))
     if unknown:
-        raise DataError(f"data/split.csv: class(es) {unknown} are not in params classes {classes}")
+        raise DataError(f"split file: class(es) {unknown} are not in params classes {classes}")
     no_prompt = [c for c in classes if not prompts.get(c, "").strip()]
     if no_prompt:
         raise ConfigError(f"finetune.prompts has no (or an empty) prompt for class(es) {no_prompt}")
     if train.empty:
-        raise DataError("data/split.csv: no training images to fine-tune on")
+        raise DataError("split file: no training images to fine-tune on")
     assert_train_only(train["path"], split, "finetune")
     return train.reset_index(drop=True)
 

@@ -1,17 +1,20 @@
-"""``lymphaug generate``: synthetic images per class from the fine-tuned model.
+"""``lymphaug generate --fold F``: synthetic images per class from fold F's fine-tuned model.
 
 txt2img samples from the class prompt; img2img (SDEdit, Trabucco et al. 2023) starts from
 a noised *training* image of the class with ``strength`` in (0, 1]. Every image has its own
 seed (a function of generate.seed, class and index), so the pictures do not depend on the
-batch size, and finished images are kept in ``work/generate/<hash>`` so an interrupted run
-resumes without redoing or duplicating them. At the end everything is moved atomically into
-``data/synthetic/<class>/*.png`` with ``manifest.csv`` (manifest.SYNTHETIC_COLUMNS), and a
+batch size, and finished images are kept in ``work/generate/fold_<F>/<hash>`` so an
+interrupted run resumes without redoing or duplicating them. A model that learned from
+another fold or another split file is refused (its description records both). At the end
+everything is moved atomically into ``data/synthetic/fold_<F>/<class>/*.png`` with
+``manifest.csv`` (manifest.SYNTHETIC_COLUMNS, stamped with the fold and split digest), and a
 real-vs-synthetic contact sheet is drawn. Images are sampled at the data set's aspect ratio
 and resized to its image size, never stretched (:func:`sampling_canvas`).
 
 A finished image is reused only if it decodes and its sha256 is the one recorded in
 ``finished.jsonl`` when it was written: a truncated or replaced file is made again, never
-published. One generate runs at a time (a lock in ``work/generate``); holding it, a run
+published. One generate per fold runs at a time (a lock in ``work/generate/fold_<F>``);
+holding it, a run
 removes temporary files of killed runs and the work folders of other params.
 """
 

@@ -186,7 +186,8 @@ def run_identity(params: Params, condition: str, seed: int, digests: dict[str, s
 def work_folder(
     params: Params, layout: Layout, condition: str, seed: int, digests: dict[str, tuple[Path, str]]
 ) -> Path:
-    """``work/train/<condition>/seed_<n>/<digest>``: where this run's checkpoints live."""
+    """``work/train/fold_<f>/<condition>/seed_<n>/<digest>``: where this run's checkpoints
+    live."""
     identity = run_identity(params, condition, seed, {k: d for k, (_, d) in digests.items()})
     return layout.work_dir("train", identity, condition, f"seed_{seed}")
 

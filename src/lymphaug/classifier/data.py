@@ -136,7 +136,8 @@ def extra_training_rows(
 
 
 def load_splits(condition: str, params: Params, layout: Layout) -> Splits:
-    """Read split.csv (and the condition's extra images) and decode every image once."""
+    """Read the fold's split file (and the condition's extra images, checked to be this
+    fold's) and decode every image once."""
     classes = list(params.classes)
     scale = params.train.scale
     split = manifest.read_table(layout.split_csv, manifest.SPLIT_COLUMNS)
