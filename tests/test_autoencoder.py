@@ -15,6 +15,7 @@ from fixtures.diffusion_data import CLASSES, make_dataset
 from lymphaug.autoencoder import CURVE, METRICS, SHEET, autoencoder
 from lymphaug.common.config import parse_params
 from lymphaug.common.errors import ConfigError, DataError
+from lymphaug.common.files import sha256_file
 from lymphaug.diffusion import autoencoder as ae
 from lymphaug.diffusion import loading, training
 from lymphaug.finetune import finetune
@@ -113,7 +114,8 @@ def test_interrupted_autoencoder_and_unet_resume_byte_identical(layout, tmp_path
     again, info = finetune(params, layout, track=False)
     assert again.resumed_from == 2 and again.losses == straight.losses
     assert _model_bytes(layout.diffusion_model / "unet") == unet_straight
-    assert info.extra == {"scale": 0.75}
+    split_sha256 = sha256_file(layout.split_csv)  # what it learned from: generate checks it
+    assert info.extra == {"fold": 0, "split_sha256": split_sha256, "scale": 0.75}
 
     summary = generate(params, layout, track=False)
     assert summary["images"] == 6
