@@ -118,7 +118,7 @@ def test_lora_saves_only_the_adapter_and_logs_to_mlflow(layout, tmp_path):
 
     client = MlflowClient(params.mlflow.tracking_uri)
     exp = client.get_experiment_by_name(params.mlflow.experiment)
-    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'finetune'")
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'finetune fold=0'")
     assert run.data.tags["mlflow.parentRunId"]
     assert run.data.params["finetune.method"] == "lora"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
@@ -171,7 +171,7 @@ def test_a_local_base_is_versioned_by_its_weight_files(layout, tmp_path, capsys)
     assert info.base_fingerprint == loading.weights_digest(base) != ""
     client = MlflowClient(params.mlflow.tracking_uri)
     exp = client.get_experiment_by_name(params.mlflow.experiment)
-    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'finetune'")
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'finetune fold=0'")
     assert run.data.tags["base_fingerprint"] == info.base_fingerprint
     assert run.data.tags["base_model"] == "models/diffusion_base"
     assert "note" not in capsys.readouterr().err

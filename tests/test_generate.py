@@ -71,8 +71,9 @@ def test_generates_sized_images_manifest_and_sheet(layout, tmp_path):
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("lymphaug")
-    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'generate'")
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'generate fold=0'")
     assert run.data.tags["mlflow.parentRunId"] and run.data.metrics["generated"] == 6
+    assert run.data.tags["fold"] == "0" and run.data.params["fold"] == "0"  # one run per fold
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"synthetic_contact_sheet.png", "manifest.csv"} <= logged
 
