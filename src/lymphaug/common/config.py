@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lymphaug.common.errors import ConfigError
 
@@ -110,19 +118,29 @@ class SplitConfig(Section):
         """How many fold assignments split writes: k_folds, or the one split as fold 0."""
         return max(self.k_folds, 1)
 
-    @model_validator(mode="after")
-    def _folds_in_range(self) -> SplitConfig:
-        if self.k_folds == 1:
+    @field_validator("k_folds")
+    @classmethod
+    def _not_one_fold(cls, k_folds: int) -> int:
+        if k_folds == 1:
             raise ValueError("k_folds must be 0 (one split) or at least 2")
-        bad = [f for f in self.folds if not 0 <= f < self.n_folds]
+        return k_folds
+
+    @field_validator("folds")
+    @classmethod
+    def _folds_in_range(cls, folds: list[int], info: ValidationInfo) -> list[int]:
+        """Each fold a DVC matrix runs must exist; a repeat would name one stage twice."""
+        k_folds = info.data.get("k_folds")
+        if k_folds is None:  # k_folds itself is invalid: its own error says so
+            return folds
+        n_folds = max(k_folds, 1)
+        bad = [f for f in folds if not 0 <= f < n_folds]
         if bad:
             raise ValueError(
-                f"folds {bad} out of range: with k_folds {self.k_folds} the folds are "
-                f"0..{self.n_folds - 1}"
+                f"folds {bad} out of range: with k_folds {k_folds} the folds are 0..{n_folds - 1}"
             )
-        if len(set(self.folds)) != len(self.folds):
-            raise ValueError(f"folds must not repeat: {self.folds}")
-        return self
+        if len(set(folds)) != len(folds):
+            raise ValueError(f"folds must not repeat: {folds}")
+        return folds
 
 
 # --- DCT augmentation -------------------------------------------------------
