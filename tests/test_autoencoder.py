@@ -15,6 +15,7 @@ from fixtures.diffusion_data import CLASSES, make_dataset
 from lymphaug.autoencoder import CURVE, METRICS, SHEET, autoencoder
 from lymphaug.common.config import parse_params
 from lymphaug.common.errors import ConfigError, DataError
+from lymphaug.common.files import sha256_file
 from lymphaug.diffusion import autoencoder as ae
 from lymphaug.diffusion import loading, training
 from lymphaug.finetune import finetune
@@ -87,10 +88,10 @@ def test_autoencoder_learns_to_reconstruct(layout, tmp_path):
     assert set(info.reconstruction) == {"train", "val"}
     vae, loaded = ae.load_trained(layout.autoencoder_model)
     assert vae.config.scaling_factor == pytest.approx(info.scaling_factor, rel=1e-5)
-    metrics = json.loads((layout.reports / METRICS).read_text())
+    metrics = json.loads((layout.fold_reports / METRICS).read_text())
     assert metrics["val"]["l1"] == info.reconstruction["val"]["l1"]
-    assert (layout.reports / SHEET).stat().st_size > 0
-    assert len((layout.reports / CURVE).read_text().splitlines()) == 41
+    assert (layout.fold_reports / SHEET).stat().st_size > 0
+    assert len((layout.fold_reports / CURVE).read_text().splitlines()) == 41
 
 
 def test_interrupted_autoencoder_and_unet_resume_byte_identical(layout, tmp_path):
@@ -113,7 +114,8 @@ def test_interrupted_autoencoder_and_unet_resume_byte_identical(layout, tmp_path
     again, info = finetune(params, layout, track=False)
     assert again.resumed_from == 2 and again.losses == straight.losses
     assert _model_bytes(layout.diffusion_model / "unet") == unet_straight
-    assert info.extra == {"scale": 0.75}
+    split_sha256 = sha256_file(layout.split_csv)  # what it learned from: generate checks it
+    assert info.extra == {"fold": 0, "split_sha256": split_sha256, "scale": 0.75}
 
     summary = generate(params, layout, track=False)
     assert summary["images"] == 6
@@ -128,7 +130,7 @@ def test_a_pretrained_base_skips_the_stage_with_a_note(layout, tmp_path):
     info, result = autoencoder(params, layout, track=False)
     assert result is None and not info.trained and "tiny" in info.reason
     assert ae.read_info(layout.autoencoder_model) == info
-    assert json.loads((layout.reports / METRICS).read_text()) == {"trained": False}
+    assert json.loads((layout.fold_reports / METRICS).read_text()) == {"trained": False}
     with pytest.raises(DataError, match="holds no trained autoencoder"):
         ae.load_trained(layout.autoencoder_model)
 
@@ -178,7 +180,7 @@ def test_a_diverging_autoencoder_names_the_phase_and_step(layout, tmp_path):
     with pytest.raises(training.TrainingDiverged, match="autoencoder phase: loss became .* step"):
         autoencoder(params, layout, track=False)
     assert not layout.autoencoder_model.exists()
-    assert list((layout.work / "autoencoder").glob("*/checkpoints/checkpoint-000001"))
+    assert list((layout.fold_work("autoencoder")).glob("*/checkpoints/checkpoint-000001"))
 
 
 def test_a_diverging_unet_names_the_phase(layout, tmp_path):

@@ -1,7 +1,7 @@
 """The compare stage end to end on a tiny repository laid out like the pipeline's.
 
 The training results are written in the exact format of ``lymphaug train``
-(predictions.csv, history.csv, metrics.json, models/<c>/seed_<n>/model.pt), with
+(predictions.csv, history.csv, metrics.json, models/<c>/fold_0/seed_<n>/model.pt), with
 known per-image correctness so the McNemar counts can be checked by hand; the
 feature extractor is a real (tiny, randomly initialised) torchvision model built
 by the classifier package.
@@ -24,6 +24,7 @@ from lymphaug.cli import main
 from lymphaug.common import manifest
 from lymphaug.common.config import parse_params
 from lymphaug.common.errors import DataError
+from lymphaug.common.files import sha256_file
 from lymphaug.common.images import save_png
 from lymphaug.common.paths import Layout
 from lymphaug.comparison import results
@@ -57,7 +58,7 @@ def _params(tmp_path, seeds, **compare):
 
 
 def make_repo(root, seeds=(0, 1, 2), synthetic=True):
-    """data/raw + split.csv + data/synthetic + every train output for CORRECT."""
+    """data/raw + fold 0's split file + data/synthetic + every train output for CORRECT."""
     from lymphaug.classifier.model import build_classifier
 
     rng = np.random.default_rng(0)
@@ -93,6 +94,8 @@ def make_repo(root, seeds=(0, 1, 2), synthetic=True):
                         "mode": "txt2img",
                         "strength": 0.5,
                         "source": "",
+                        "fold": 0,
+                        "split_sha256": sha256_file(layout.split_csv),
                     }
                 )
         manifest.write_table(
@@ -138,7 +141,10 @@ def write_run(layout, cond, seed, paths, labels, pred):
         }
     )
     hist.to_csv(rep / "history.csv", index=False)
-    (rep / "metrics.json").write_text(json.dumps({"best_epoch": 2, "test_accuracy": 0.5}))
+    metrics = {"best_epoch": 2, "test_accuracy": 0.5, "fold": layout.fold}
+    if layout.split_csv.is_file():  # as train records it: compare checks the assignment
+        metrics["split_sha256"] = sha256_file(layout.split_csv)
+    (rep / "metrics.json").write_text(json.dumps(metrics))
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +165,7 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     assert compare.run(params, layout) == 0
     out = capsys.readouterr().out
     # all seeds tie on validation accuracy (0.5 at epoch 2): the lowest seed is "best"
-    assert f"lymphaug-classifier-base@best = version {version} (seed 0)" in out
+    assert f"lymphaug-classifier-base@best = version {version} (fold 0 seed 0)" in out
     assert "lymphaug-classifier-dct: no registry version holds these weights" in out
     assert "  synthetic images: FID " in out and "x that of a real set of the same size" in out
 
@@ -239,19 +245,24 @@ def _register(uri: str, model_dir) -> str:
     exp = client.create_experiment("training")
     run = client.create_run(exp).info.run_id
     (model_dir / "model.json").write_text("{}\n")
-    ref = registry.reference(model_dir, model_dir.parents[2], "abc1234")
+    ref = registry.reference(model_dir, model_dir.parents[3], "abc1234")
     model_id = registry.log_reference_model(
         client, experiment_id=exp, run_id=run, name="m", model_dir=model_dir, ref=ref
     )
     version = registry.register_version(
-        client, condition="base", model_id=model_id, run_id=run, ref=ref, tags={"seed": "0"}
+        client,
+        condition="base",
+        model_id=model_id,
+        run_id=run,
+        ref=ref,
+        tags={"fold": "0", "seed": "0"},
     )
     return str(version.version)
 
 
 def test_mcnemar_counts_pair_by_seed_and_image(repo):
     params = _params(repo.root, [0, 1, 2])
-    runs = results.read_all(repo, ["base", "dct", "synthetic"], [0, 1, 2], CLASSES)
+    runs = results.read_all(repo, ["base", "dct", "synthetic"], [0], [0, 1, 2], CLASSES)
     a = analyse(runs, CLASSES, params.compare)
     # dct vs base: c = seed0 image 2, seed1 image 4, seed2 images 2 and 3; b = none
     base = np.array(CORRECT["base"], bool).ravel()
@@ -271,7 +282,7 @@ def test_one_seed_still_reports(tmp_path):
     compare.produce(_params(tmp_path, [0]), layout)
     text = (tmp_path / "reports/report.md").read_text()
     assert "Only one seed" in text and "need at least two seeds" in text
-    assert "Quality not assessed" in text and "synthetic/manifest.csv" in text
+    assert "Quality not assessed" in text and "synthetic/fold_0/manifest.csv" in text
     m = json.loads((tmp_path / "reports/metrics.json").read_text())
     assert m["vs_base"]["dct"]["p_paired_t"] is None  # JSON null, not NaN
     assert m["conditions"]["base"]["accuracy_std"] is None
@@ -280,16 +291,18 @@ def test_one_seed_still_reports(tmp_path):
 def test_missing_condition_is_named(repo, tmp_path, capsys, monkeypatch):
     root = tmp_path / "r"
     shutil.copytree(repo.root, root)
-    shutil.rmtree(root / "reports/train/synthetic/seed_1")
-    with pytest.raises(DataError, match=r"synthetic seed 1 \(.*synthetic/seed_1/predictions.csv"):
-        results.read_all(Layout(root), ["base", "dct", "synthetic"], [0, 1, 2], CLASSES)
+    shutil.rmtree(Layout(root).train_report("synthetic", 1))
+    with pytest.raises(
+        DataError, match=r"synthetic fold 0 seed 1 \(.*synthetic/fold_0/seed_1/predictions.csv"
+    ):
+        results.read_all(Layout(root), ["base", "dct", "synthetic"], [0], [0, 1, 2], CLASSES)
     # and through the CLI: one line, exit 2, no traceback
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = root / "params.yaml"
     params.write_text(json.dumps(_params(tmp_path, [0, 1, 2]).model_dump()))
     assert main(["--params", str(params), "--root", str(root), "compare"]) == 2
     err = capsys.readouterr().err
-    assert "synthetic seed 1" in err and "Traceback" not in err
+    assert "synthetic fold 0 seed 1" in err and "Traceback" not in err
 
 
 def test_different_test_images_are_refused(repo, tmp_path):
@@ -300,14 +313,47 @@ def test_different_test_images_are_refused(repo, tmp_path):
     pred = pd.read_csv(pred_path)
     pred.loc[0, "path"] = "data/raw/CLL/cll_0.png"  # a training image instead
     pred.to_csv(pred_path, index=False)
-    with pytest.raises(DataError, match="dct seed 1 was tested on different images"):
-        results.read_all(layout, ["base", "dct", "synthetic"], [0, 1, 2], CLASSES)
+    with pytest.raises(DataError, match="dct fold 0 seed 1 was tested on different images"):
+        results.read_all(layout, ["base", "dct", "synthetic"], [0], [0, 1, 2], CLASSES)
     # across seeds of one condition too
     shutil.copy(layout.train_report("base", 0) / "predictions.csv", pred_path)
     p2 = layout.train_report("base", 2) / "predictions.csv"
     pd.read_csv(p2).iloc[:-1].to_csv(p2, index=False)
-    with pytest.raises(DataError, match="base seed 2 was tested on different images"):
-        results.read_all(layout, ["base", "dct", "synthetic"], [0, 1, 2], CLASSES)
+    with pytest.raises(DataError, match="base fold 0 seed 2 was tested on different images"):
+        results.read_all(layout, ["base", "dct", "synthetic"], [0], [0, 1, 2], CLASSES)
+
+
+def test_runs_pool_over_folds_paired_by_fold_and_seed_and_one_assignment(repo, tmp_path):
+    """Two folds: each fold's runs pair on its own test images, every condition lists its
+    runs in (fold, seed) order; runs from another fold assignment are refused."""
+    root = tmp_path / "r"
+    shutil.copytree(repo.root, root)
+    layout = Layout(root)
+    split = manifest.read_table(layout.split_csv, manifest.SPLIT_COLUMNS)
+    swapped = split.replace({"split": {"val": "test", "test": "val"}}).assign(fold=1)
+    fold1 = layout.for_fold(1)
+    manifest.write_table(swapped, fold1.split_csv, manifest.SPLIT_COLUMNS)
+    test = swapped[swapped["split"] == "test"].sort_values("path")
+    labels = test["class"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    paths = test["path"].map(lambda p: f"data/raw/{p}")
+    for condition in ("base", "dct", "synthetic"):
+        for seed in (0, 1, 2):
+            write_run(fold1, condition, seed, paths, labels, labels)
+    runs = results.read_all(layout, ["base", "dct", "synthetic"], [0, 1], [0, 1, 2], CLASSES)
+    for cond_runs in runs.values():
+        assert [(r.fold, r.seed) for r in cond_runs] == results.units([0, 1], [0, 1, 2])
+        assert {r.paths for r in cond_runs if r.fold == 1} == {tuple(paths)}
+    # fold 1's split file changed after its runs: another assignment, not poolable
+    moved = swapped.copy()
+    moved.loc[moved["split"] == "val", "split"] = "train"
+    manifest.write_table(moved, fold1.split_csv, manifest.SPLIT_COLUMNS)
+    with pytest.raises(DataError, match=r"base fold 1 seed 0 trained on a split file with sha256"):
+        results.read_all(layout, ["base", "dct", "synthetic"], [0, 1], [0, 1, 2], CLASSES)
+    # a run of fold 0 copied into fold 1's folder is named too
+    shutil.rmtree(fold1.train_report("dct", 2))
+    shutil.copytree(layout.train_report("dct", 2), fold1.train_report("dct", 2))
+    with pytest.raises(DataError, match=r"a run of fold 0 in fold 1's folder"):
+        results.read_run(fold1, "dct", 2, CLASSES)
 
 
 def test_reader_refuses_labels_that_are_not_class_indices(tmp_path):
@@ -379,7 +425,7 @@ def test_collapsed_extractor_prints_no_image_metrics(repo, tmp_path, rank):
     """A classifier whose features collapse: the report says why, and gives no numbers."""
     root = tmp_path / "r"
     shutil.copytree(repo.root, root)
-    model = root / "models/base/seed_0/model.pt"
+    model = Layout(root).classifier("base", 0) / "model.pt"
     torch.save(_collapse(torch.load(model, weights_only=True), rank=rank), model)
     compare.produce(_params(tmp_path, [0, 1, 2]), Layout(root))
     text = (root / "reports/report.md").read_text()

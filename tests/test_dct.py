@@ -26,7 +26,9 @@ from lymphaug.cli import main
 from lymphaug.common import manifest
 from lymphaug.common.config import DctConfig, SplitConfig
 from lymphaug.common.errors import LeakageError
+from lymphaug.common.files import sha256_file
 from lymphaug.common.images import read_rgb, save_png
+from lymphaug.common.paths import Layout
 from lymphaug.split import assign_splits
 
 
@@ -144,7 +146,7 @@ def test_noise_is_per_image_not_per_batch():
 def tiny(tmp_path):
     raw_root = tmp_path / "data" / "raw"
     raw = make_raw(raw_root)
-    split = assign_splits(raw, SplitConfig())
+    (split,) = assign_splits(raw, SplitConfig())
     return raw_root, raw, split
 
 
@@ -169,7 +171,7 @@ def test_copies_manifest_and_determinism(tiny, tmp_path):
     rows = augment_dataset(
         raw_root, train, split=split, cfg=cfg, out_root=tmp_path / "a", batch_size=4
     )
-    assert list(rows.columns) == manifest.DCT_COLUMNS
+    assert list(rows.columns) == manifest.DCT_ROW_COLUMNS  # the stage adds the provenance
     n = len(train)
     assert (rows["method"] == "method2").sum() == 3 * n  # copies_per_image per training image
     assert (rows["method"] == "method1").sum() == n  # deterministic: one copy
@@ -206,7 +208,7 @@ def test_mixed_sizes_are_batched_by_shape(tmp_path):
     rows = []
     for i, (h, w) in enumerate([(20, 30), (24, 16), (20, 30)]):
         save_png(textured(rng, 1, h, w)[0], raw_root / f"A/{i}.png")
-        rows.append({"path": f"A/{i}.png", "class": "A", "split": "train", "fold": -1})
+        rows.append({"path": f"A/{i}.png", "class": "A", "split": "train", "fold": 0})
     split = pd.DataFrame(rows)
     out = augment_dataset(
         raw_root, split[["path", "class"]], split=split, cfg=DctConfig(), out_root=tmp_path / "o"
@@ -220,19 +222,22 @@ def test_cli_end_to_end(tmp_path, repo_root, capsys):
     params = tmp_path / "params.yaml"
     params.write_text((repo_root / "params.yaml").read_text())
     args = ["--params", str(params), "--root", str(tmp_path)]
+    layout = Layout(tmp_path)
     assert main([*args, "split"]) == 0
     assert main([*args, "dct"]) == 0
-    dct = manifest.read_table(tmp_path / "data" / "dct" / "manifest.csv", manifest.DCT_COLUMNS)
-    split = manifest.read_table(tmp_path / "data" / "split.csv", manifest.SPLIT_COLUMNS)
+    dct = manifest.read_table(layout.dct / "manifest.csv", manifest.DCT_COLUMNS)
+    split = manifest.read_table(layout.split_csv, manifest.SPLIT_COLUMNS)
     n_train = (split["split"] == "train").sum()
     assert dct.groupby("method").size().to_dict() == {"method1": n_train, "method2": n_train}
     manifest.assert_train_only(dct["source"], split, "test")
-    sheet = read_rgb(tmp_path / "reports" / "dct_contact_sheet.png")
+    # the fold and the split file it was made from, on every row (train checks them)
+    assert (dct["fold"] == 0).all() and set(dct["split_sha256"]) == {sha256_file(layout.split_csv)}
+    sheet = read_rgb(layout.dct_contact_sheet)
     assert sheet.shape[0] > 3 * 2 * 20 and sheet.shape[1] > 3 * 200  # 6 rows, 3 columns
-    assert not list((tmp_path / "data").glob(".*tmp"))  # nothing half-written left
-    # a split.csv that lists an image the raw manifest does not have (stale) is an error
+    assert not list(layout.dct.parent.glob(".*tmp"))  # nothing half-written left
+    # a split file that lists an image the raw manifest does not have (stale) is an error
     split.loc[0, "path"] = "CLL/gone.png"
-    manifest.write_table(split, tmp_path / "data" / "split.csv", manifest.SPLIT_COLUMNS)
+    manifest.write_table(split, layout.split_csv, manifest.SPLIT_COLUMNS)
     assert main([*args, "dct"]) == 2
     assert "not in the raw manifest" in capsys.readouterr().err
 
@@ -266,12 +271,13 @@ def test_disk_full_and_kill_leftovers(tmp_path, repo_root, monkeypatch, capsys):
     params.write_text((repo_root / "params.yaml").read_text())
     args = ["--params", str(params), "--root", str(tmp_path)]
     assert main([*args, "split"]) == 0
-    killed = tmp_path / "data" / ".dct.k1ll3d.tmp"  # what kill -9 mid-dct leaves
+    layout = Layout(tmp_path)
+    killed = layout.dct.parent / ".fold_0.k1ll3d.tmp"  # what kill -9 mid-dct leaves
     (killed / "method1").mkdir(parents=True)
     real_write = Path.write_bytes
 
     def write_to_a_full_disk(self, data):
-        if ".dct." in str(self):
+        if ".fold_0." in str(self):
             with open("/dev/full", "wb") as full:
                 full.write(data)
         return real_write(self, data)
@@ -282,8 +288,9 @@ def test_disk_full_and_kill_leftovers(tmp_path, repo_root, monkeypatch, capsys):
     err = without_progress(capsys.readouterr().err)
     assert len(err.splitlines()) == 1, err
     assert re.match(
-        rf"lymphaug dct: error: no space left on device writing {tmp_path}/data/dct/method\d/"
+        rf"lymphaug dct: error: no space left on device writing {layout.dct}/method\d/"
         r"\w+/\S+\.png \(\d+\.\d [KMGT]iB free there\)",
         err,
     ), err
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw", "split.csv"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["dct", "raw", "splits"]
+    assert not list(layout.dct.parent.iterdir())  # neither the killed run's nor this one's

@@ -86,7 +86,7 @@ def test_full_finetune_resumes_to_the_same_result(layout, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         finetune(params, layout, resume=False, track=False, on_step=interrupt)
-    ckpts = sorted((layout.work / "finetune").glob("*/checkpoints/checkpoint-*"))
+    ckpts = sorted((layout.fold_work("finetune")).glob("*/checkpoints/checkpoint-*"))
     assert [c.name for c in ckpts] == ["checkpoint-000002", "checkpoint-000004"]
     resumed, info = finetune(params, layout, track=False)
     assert resumed.resumed_from == 4
@@ -95,7 +95,7 @@ def test_full_finetune_resumes_to_the_same_result(layout, tmp_path):
     assert all(torch.equal(reference[k], again[k]) for k in reference)
     assert info.method == "full" and (layout.diffusion_model / "unet").is_dir()
     assert modes(layout.diffusion_model) == {0o666 & ~current_umask()}
-    assert (layout.reports / "finetune_loss.csv").read_text().count("\n") == 7
+    assert (layout.fold_reports / "finetune_loss.csv").read_text().count("\n") == 7
 
 
 def test_lora_saves_only_the_adapter_and_logs_to_mlflow(layout, tmp_path):
@@ -118,7 +118,7 @@ def test_lora_saves_only_the_adapter_and_logs_to_mlflow(layout, tmp_path):
 
     client = MlflowClient(params.mlflow.tracking_uri)
     exp = client.get_experiment_by_name(params.mlflow.experiment)
-    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'finetune'")
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'finetune fold=0'")
     assert run.data.tags["mlflow.parentRunId"]
     assert run.data.params["finetune.method"] == "lora"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
@@ -171,7 +171,7 @@ def test_a_local_base_is_versioned_by_its_weight_files(layout, tmp_path, capsys)
     assert info.base_fingerprint == loading.weights_digest(base) != ""
     client = MlflowClient(params.mlflow.tracking_uri)
     exp = client.get_experiment_by_name(params.mlflow.experiment)
-    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'finetune'")
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'finetune fold=0'")
     assert run.data.tags["base_fingerprint"] == info.base_fingerprint
     assert run.data.tags["base_model"] == "models/diffusion_base"
     assert "note" not in capsys.readouterr().err
@@ -287,7 +287,7 @@ def test_resume_from_a_checkpoint_of_the_other_method(layout, tmp_path):
     lora = tiny_params(tmp_path, {"method": "lora", "max_steps": 3, "checkpoint_every": 1})
     with pytest.raises(KeyboardInterrupt):
         finetune(lora, layout, track=False, on_step=stop_at(2))
-    (ckpt,) = (layout.work / "finetune").glob("*/checkpoints/checkpoint-000001")
+    (ckpt,) = (layout.fold_work("finetune")).glob("*/checkpoints/checkpoint-000001")
     full = tiny_params(tmp_path, {"method": "full", "max_steps": 2})
     with pytest.raises(checkpoints.CheckpointError, match="method 'lora' cannot resume.*'full'"):
         finetune(full, layout, track=False, resume_from=ckpt)
@@ -298,7 +298,7 @@ def test_nan_loss_stops_with_a_clear_error(layout, tmp_path):
     with pytest.raises(training.TrainingDiverged, match="loss became (nan|inf).*learning_rate"):
         finetune(params, layout, track=False)
     assert not layout.diffusion_model.exists()  # no half-made model
-    assert list((layout.work / "finetune").glob("*/checkpoints/checkpoint-000001"))
+    assert list((layout.fold_work("finetune")).glob("*/checkpoints/checkpoint-000001"))
 
 
 def test_paper_profile_code_paths_on_the_tiny_model(layout, tmp_path, repo_root):
@@ -380,7 +380,7 @@ def resumable(interrupted, tmp_path):
     root = tmp_path / "repo"
     shutil.copytree(interrupted[0], root)
     layout = Layout(root)
-    ckpts = sorted((layout.work / "finetune").glob("*/checkpoints/checkpoint-*"))
+    ckpts = sorted((layout.fold_work("finetune")).glob("*/checkpoints/checkpoint-*"))
     assert [c.name for c in ckpts] == ["checkpoint-000002", "checkpoint-000004"]
     return layout, tiny_params(root, {"max_steps": 6, "checkpoint_every": 2}), ckpts
 
@@ -435,9 +435,9 @@ def test_success_removes_the_checkpoints_and_what_killed_runs_left(resumable):
     work = ckpts[0].parents[1]
     half = work / "checkpoints" / ".checkpoint-000006.abc.tmp"
     half.mkdir()
-    other = layout.work / "finetune" / "0123456789abcdef"  # an interrupted run of other params
+    other = layout.fold_work("finetune") / "0123456789abcdef"  # an interrupted run of other params
     (other / "checkpoints").mkdir(parents=True)
-    model_tmp = layout.root / "models" / ".diffusion.xyz.tmp"
+    model_tmp = layout.diffusion_model.parent / ".fold_0.xyz.tmp"
     model_tmp.mkdir(parents=True)
     result, _ = finetune(params, layout, track=False)
     assert result.resumed_from == 4
@@ -452,7 +452,7 @@ def test_a_second_finetune_is_refused_while_one_runs(resumable):
     from lymphaug.common.errors import LockedError
 
     layout, params, _ = resumable
-    lock = layout.work / "finetune" / ".lock"
+    lock = layout.fold_work("finetune") / ".lock"
     proc = hold(lock)
     try:
         with pytest.raises(LockedError, match=rf"process {proc.pid} holds the lock {lock}"):

@@ -64,15 +64,16 @@ def test_generates_sized_images_manifest_and_sheet(layout, tmp_path):
     assert list(df.columns) == SYNTHETIC_COLUMNS and len(df) == 6
     assert set(df["scheduler"]) == {"dpmsolver++"} and set(df["mode"]) == {"txt2img"}
     assert df["seed"].nunique() == 6 and (df["source"] == "").all()
-    assert (layout.reports / "synthetic_contact_sheet.png").stat().st_size > 0
-    assert not list((layout.work / "generate").iterdir())  # progress moved out
+    assert (layout.fold_reports / "synthetic_contact_sheet.png").stat().st_size > 0
+    assert not list((layout.fold_work("generate")).iterdir())  # progress moved out
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("lymphaug")
-    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'generate'")
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'generate fold=0'")
     assert run.data.tags["mlflow.parentRunId"] and run.data.metrics["generated"] == 6
+    assert run.data.tags["fold"] == "0" and run.data.params["fold"] == "0"  # one run per fold
     logged = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"synthetic_contact_sheet.png", "manifest.csv"} <= logged
 
@@ -99,7 +100,7 @@ def test_interrupted_generation_resumes_without_redoing_images(layout, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         generate(params, layout, track=False, on_image=stop_after_three)
     assert not layout.synthetic.exists()  # nothing published half-way
-    (work,) = (layout.work / "generate").iterdir()
+    (work,) = (layout.fold_work("generate")).iterdir()
     done = sorted(p.relative_to(work / "images").as_posix() for p in work.rglob("*.png"))
     assert done == sorted(made)
     seen = []
@@ -178,7 +179,7 @@ def test_a_damaged_finished_image_is_made_again_not_published(layout, tmp_path, 
     shutil.rmtree(layout.synthetic)
     with pytest.raises(KeyboardInterrupt):
         generate(params, layout, track=False, on_image=_interrupt_after(3))
-    (work,) = (layout.work / "generate").iterdir()
+    (work,) = (layout.fold_work("generate")).iterdir()
     victim = sorted((work / "images").rglob("*.png"))[0]
     marker = tmp_path / "pwned"
     if damage == "truncated":
@@ -204,14 +205,14 @@ def test_leftovers_and_other_params_work_are_removed_under_the_lock(layout, tmp_
 
     from lymphaug.common.errors import LockedError
 
-    stale_out = layout.root / "data" / ".synthetic.abc.tmp"
+    stale_out = layout.synthetic.parent / ".fold_0.abc.tmp"  # beside data/synthetic/fold_0
     stale_out.mkdir(parents=True)
-    other = layout.work / "generate" / "0123456789abcdef" / "images"
+    other = layout.fold_work("generate") / "0123456789abcdef" / "images"
     other.mkdir(parents=True)
     generate(tiny_params(tmp_path, generate={"per_class": 1}), layout, track=False)
     assert not stale_out.exists() and not other.parent.exists()
-    assert not list((layout.work / "generate").iterdir())
-    lock = layout.work / "generate" / ".lock"
+    assert not list((layout.fold_work("generate")).iterdir())
+    lock = layout.fold_work("generate") / ".lock"
     proc = hold(lock)
     try:
         with pytest.raises(LockedError, match=rf"process {proc.pid} holds the lock {lock}"):
@@ -219,3 +220,21 @@ def test_leftovers_and_other_params_work_are_removed_under_the_lock(layout, tmp_
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_model_of_another_fold_is_refused(layout, tmp_path):
+    """The diffusion model records the fold and split file it learned from: sampling it for
+    another fold (its training images hold that fold's test images) is refused."""
+    import json
+
+    from lymphaug.common.errors import LeakageError
+    from lymphaug.diffusion.loading import INFO_FILE
+
+    info_path = layout.diffusion_model / INFO_FILE
+    info = json.loads(info_path.read_text())
+    assert info["extra"]["fold"] == 0 and len(info["extra"]["split_sha256"]) == 64
+    info["extra"]["fold"] = 1
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(LeakageError, match=rf"{info_path}: made from fold\(s\) \[1\]"):
+        generate(tiny_params(tmp_path), layout, track=False)
+    assert not layout.synthetic.exists()

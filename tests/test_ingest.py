@@ -330,12 +330,15 @@ def test_mat_source_reads_images_labels_and_the_chosen_fold(tmp_path):
     with Image.open(layout.raw / "MCL" / "009.png") as img:
         assert np.array_equal(np.asarray(img)[..., 1], noise(300, 9, 11, channels=1))
 
-    split = read_table(layout.raw_predefined_split, SPLIT_COLUMNS)
-    assert split["split"].value_counts().to_dict() == {"train": 8, "val": 2}
-    assert set(split["fold"]) == {2}
+    # every fold of the file is recorded (0-based: row f + 1); split picks ingest.mat.fold or all
+    recorded = read_table(layout.raw_predefined_split, SPLIT_COLUMNS)
+    assert sorted(set(recorded["fold"])) == [0, 1, 2, 3, 4]
     div = scipy.io.loadmat(tmp_path / "DatasColor_29.mat")["DATA"][0, 2]
-    train_idx = sorted(int(i) - 1 for i in div[1, :8])
-    assert sorted(split.index[split["split"] == "train"]) == train_idx  # rows sorted by index
+    for fold in range(5):
+        split = recorded[recorded["fold"] == fold].reset_index(drop=True)
+        assert split["split"].value_counts().to_dict() == {"train": 8, "val": 2}
+        train_idx = sorted(int(i) - 1 for i in div[fold, :8])
+        assert sorted(split.index[split["split"] == "train"]) == train_idx  # sorted by index
 
 
 @pytest.mark.parametrize(

@@ -126,9 +126,33 @@ def test_conditions_add_training_images_only(layout):
 
 
 def test_missing_synthetic_folder_is_named(layout):
-    params = tiny_params(synthetic_dir="data/nowhere")
-    with pytest.raises(DataError, match="data/nowhere does not exist"):
+    params = tiny_params(synthetic_dir="data/nowhere/fold_{fold}")
+    with pytest.raises(DataError, match="data/nowhere/fold_0 does not exist"):
         load_splits("synthetic", params, layout)
+
+
+def test_a_set_from_another_fold_or_split_is_refused(tmp_path):
+    """The leakage check knows the fold: fold 1's DCT set (learned from images that include
+    fold 0's test images) handed to a fold-0 classifier is refused, naming the manifest;
+    so is a synthetic set made before fold 0's split file changed."""
+    import shutil
+
+    fold0 = make_dataset(tmp_path, fold=0)
+    fold1 = make_dataset(tmp_path, fold=1)
+    shutil.rmtree(fold0.dct)
+    shutil.copytree(fold1.dct, fold0.dct)  # e.g. copied by hand, or a wrong override
+    with pytest.raises(
+        LeakageError,
+        match=rf"{fold0.dct / 'manifest.csv'}: made from fold\(s\) \[1\], but this classifier "
+        "trains on fold 0",
+    ):
+        load_splits("dct", tiny_params(), fold0)
+    assert len(load_splits("dct", tiny_params(), fold1).train) > 0  # its own fold's: fine
+    split = manifest.read_table(fold0.split_csv, manifest.SPLIT_COLUMNS)
+    split.loc[split.index[split["split"] == "train"][0], "split"] = "val"  # changed since
+    manifest.write_table(split, fold0.split_csv, manifest.SPLIT_COLUMNS)
+    with pytest.raises(LeakageError, match="the split changed since this set was made"):
+        load_splits("synthetic", tiny_params(), fold0)
 
 
 def test_dct_image_of_a_test_image_is_refused(tmp_path):
@@ -405,7 +429,7 @@ def test_a_second_train_of_the_same_condition_and_seed_refuses_at_once(tmp_path,
     root = tmp_path / "repo"
     make_dataset(root, dct=False, synthetic=False)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(root).model_dump()))
-    lock = root / "work" / "train" / "base" / "seed_0" / ".lock"
+    lock = root / "work" / "train" / "fold_0" / "base" / "seed_0" / ".lock"
     proc = hold(lock)
     try:
         argv = ["--params", str(root / "params.yaml"), "--root", str(root), "train"]
@@ -414,7 +438,7 @@ def test_a_second_train_of_the_same_condition_and_seed_refuses_at_once(tmp_path,
         assert time.monotonic() - start < 10
         err = capsys.readouterr().err.strip()
         assert err == (
-            "lymphaug train: error: lymphaug train --condition base --seed 0 is already "
+            "lymphaug train: error: lymphaug train --condition base --fold 0 --seed 0 is already "
             f"running: process {proc.pid} holds the lock {lock}. Wait for it to finish (or "
             "stop it), then rerun"
         )
@@ -429,10 +453,10 @@ def test_leftovers_of_killed_and_other_params_runs_are_found(tmp_path):
     from lymphaug.train import clean_stale
 
     lay = Layout(tmp_path)
-    work = lay.work / "train" / "base" / "seed_0" / "aaaaaaaaaaaaaaaa"
+    work = lay.work / "train" / "fold_0" / "base" / "seed_0" / "aaaaaaaaaaaaaaaa"
     other = work.with_name("bbbbbbbbbbbbbbbb")
     leftovers = [
-        lay.root / "models" / "base" / ".seed_0.x1.tmp",
+        lay.classifier("base", 0).parent / ".seed_0.x1.tmp",
         lay.train_report("base", 0) / ".metrics.json.x2.tmp",
         work / ".checkpoint.pt.x3.tmp",
         other / CHECKPOINT,
@@ -484,9 +508,10 @@ def test_two_real_trains_of_one_condition_and_seed(tmp_path):
         first.kill()
         first.wait()
     assert second.returncode == 2
-    lock = Path("work/train/base/seed_0/.lock")
+    lock = Path("work/train/fold_0/base/seed_0/.lock")
     assert second.stderr.strip().splitlines()[-1] == (
-        "lymphaug train: error: lymphaug train --condition base --seed 0 is already running: "
+        "lymphaug train: error: lymphaug train --condition base --fold 0 --seed 0 is already "
+        "running: "
         f"process {first.pid} holds the lock {lock}. Wait for it to finish (or stop it), then rerun"
     )
     assert first.returncode == 0, out
@@ -494,4 +519,4 @@ def test_two_real_trains_of_one_condition_and_seed(tmp_path):
     exp = client.get_experiment_by_name(params.mlflow.experiment)
     runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'train base seed=0'")
     assert [r.info.status for r in runs] == ["FINISHED"]
-    assert list((root / "work" / "train" / "base" / "seed_0").iterdir()) == []  # work removed
+    assert list((root / "work/train/fold_0/base/seed_0").iterdir()) == []  # work removed

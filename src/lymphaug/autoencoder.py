@@ -1,17 +1,19 @@
-"""``lymphaug autoencoder``: the from-scratch generator's first stage -> models/autoencoder.
+"""``lymphaug autoencoder --fold F``: the from-scratch generator's first stage, learned from
+fold F's training images -> models/autoencoder/fold_<F>.
 
 With ``finetune.base_model: scratch`` it trains an AutoencoderKL on random crops of the
 rescaled *training* images (checked by ``assert_train_only``; see
 :mod:`lymphaug.diffusion.autoencoder`), logs the reconstruction error per step to MLflow,
-and writes the model, ``reports/autoencoder_loss.csv``, ``reports/autoencoder.json`` (the
-reconstruction error on training and on unseen validation crops) and
-``reports/autoencoder_reconstructions.png`` (real crops above, their reconstructions below).
+and writes the model and, in ``reports/folds/fold_<F>/``, ``autoencoder_loss.csv``,
+``autoencoder.json`` (the reconstruction error on training and on unseen validation crops)
+and ``autoencoder_reconstructions.png`` (real crops above, their reconstructions below).
 Its own DVC stage, so changing only the UNet's settings reuses the trained autoencoder.
 
 Any other base brings its own VAE: the stage then writes only a description saying so
 (``trained: false``) and placeholder reports, in milliseconds, so the pipeline is the same
-for every base. Checkpoints live in ``work/autoencoder/<params hash>`` and go once the
-model is saved; one autoencoder runs at a time (a lock in ``work/autoencoder``).
+for every base. Checkpoints live in ``work/autoencoder/fold_<F>/<params hash>`` and go once
+the model is saved; one autoencoder per fold runs at a time (a lock in
+``work/autoencoder/fold_<F>``).
 """
 
 from __future__ import annotations
@@ -44,11 +46,11 @@ SHEET_PER_CLASS = 3
 
 
 def _write_reports(layout: Layout, *, curve: pd.DataFrame, metrics: dict, sheet) -> None:
-    with atomic_path(layout.reports / CURVE) as tmp:
+    with atomic_path(layout.fold_reports / CURVE) as tmp:
         curve.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6g")
     text = json.dumps(metrics, indent=2, sort_keys=True) + "\n"
     write_text_atomic(layout.autoencoder_metrics, text)
-    with atomic_path(layout.reports / SHEET) as tmp:
+    with atomic_path(layout.fold_reports / SHEET) as tmp:
         sheet.save(tmp, format="PNG")
 
 
@@ -82,7 +84,9 @@ def autoencoder(
     """The whole stage; returns (AutoencoderInfo, AutoencoderResult or None when skipped)."""
     if params.finetune.base_model != SCRATCH:
         return skip(params, layout), None
-    with exclusive(lock_path(layout.work / "autoencoder"), "lymphaug autoencoder"):
+    with exclusive(
+        lock_path(layout.fold_work("autoencoder")), f"lymphaug autoencoder --fold {layout.fold}"
+    ):
         return _train(
             params, layout, resume=resume, resume_from=resume_from, track=track, on_step=on_step
         )
@@ -158,7 +162,7 @@ def _train(params: Params, layout: Layout, *, resume, resume_from, track, on_ste
 
     from lymphaug.diffusion.track import MetricBuffer, child_run, flat_params
 
-    with child_run(params, layout.root, "autoencoder") as run_id:
+    with child_run(params, layout.root, "autoencoder", fold=layout.fold) as run_id:
         mlflow.log_params({**flat_params("autoencoder", cfg), "train_images": len(train)})
         buffer = MetricBuffer(run_id)
 
@@ -177,7 +181,7 @@ def _train(params: Params, layout: Layout, *, resume, resume_from, track, on_ste
                 mlflow.log_metrics({f"{name}_l1": values["l1"], f"{name}_psnr": values["psnr"]})
             mlflow.log_metrics({"scaling_factor": info.scaling_factor})
             for name in (CURVE, METRICS, SHEET):
-                mlflow.log_artifact(str(layout.reports / name))
+                mlflow.log_artifact(str(layout.fold_reports / name))
 
         return finish(result, log)
 

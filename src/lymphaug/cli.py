@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from lymphaug.common import tracking
-from lymphaug.common.config import CONDITIONS, load_params
-from lymphaug.common.errors import LymphaugError
+from lymphaug.common.config import CONDITIONS, SplitConfig, load_params
+from lymphaug.common.errors import ConfigError, LymphaugError
 from lymphaug.common.files import disk_full, is_disk_full
 from lymphaug.common.paths import Layout
 from lymphaug.common.quiet import quiet_diffusers, quiet_libraries
@@ -26,8 +26,14 @@ STAGES: dict[str, tuple[str, str]] = {
         "build data/raw/<class>/*.png + manifest from the source in params (sample, folder, "
         "archive, mat)",
     ),
-    "split": ("lymphaug.split", "stratified, seeded train/val/test assignment -> data/split.csv"),
-    "dct": ("lymphaug.dct", "DCT-augment the training images (method1, method2) -> data/dct"),
+    "split": (
+        "lymphaug.split",
+        "stratified, seeded train/val/test assignment per fold -> data/splits/fold_<f>.csv",
+    ),
+    "dct": (
+        "lymphaug.dct",
+        "DCT-augment one fold's training images (method1, method2) -> data/dct/fold_<f>",
+    ),
     "autoencoder": (
         "lymphaug.autoencoder",
         "train the from-scratch generator's AutoencoderKL (base_model: scratch) -> "
@@ -55,6 +61,9 @@ STAGES: dict[str, tuple[str, str]] = {
     ),
 }
 
+
+# Stages that learn from one fold's training images: ``--fold F`` (dvc.yaml: each split.folds)
+PER_FOLD = ("dct", "autoencoder", "finetune", "generate", "train")
 
 # Stages whose MLflow child run the CLI opens (the others open their own, with metrics):
 # every stage that runs has a run, with the same param keys (tracking.all_params).
@@ -90,12 +99,21 @@ def _light(name: str) -> bool:
 
 def _add_known_arguments(name: str, p: argparse.ArgumentParser) -> None:
     """Arguments of heavy stages, declared here so --help does not import torch."""
+    if name in PER_FOLD:
+        p.add_argument(
+            "--fold",
+            type=int,
+            default=0,
+            help="which fold's training images (default 0, the one split of k_folds 0; "
+            "dvc.yaml: each split.folds)",
+        )
     if name == "train":
         p.add_argument(
             "--condition",
             required=True,
             choices=CONDITIONS,
-            help="training set: base (train split), dct (+ data/dct), synthetic (+ data/synthetic)",
+            help="training set: base (the fold's train split), dct (+ data/dct/fold_<f>), "
+            "synthetic (+ data/synthetic/fold_<f>)",
         )
         p.add_argument(
             "--seed",
@@ -114,6 +132,16 @@ def _add_known_arguments(name: str, p: argparse.ArgumentParser) -> None:
         )
 
 
+def check_fold(fold: int, split: SplitConfig) -> int:
+    """``--fold`` must name one of the folds split writes (0..k_folds-1; 0 alone for k 0)."""
+    if not 0 <= fold < split.n_folds:
+        raise ConfigError(
+            f"--fold {fold} is out of range: split.k_folds = {split.k_folds} gives "
+            + (f"folds 0..{split.n_folds - 1}" if split.k_folds else "one split, fold 0")
+        )
+    return fold
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module_name = STAGES[args.stage][0]
@@ -124,11 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)  # validate before paying for heavy imports
         if args.stage in ("finetune", "generate"):
             quiet_diffusers()
+        layout = Layout(Path(args.root))
+        if args.stage in PER_FOLD:
+            layout = layout.for_fold(check_fold(args.fold, params.split))
         module = importlib.import_module(module_name)
         if args.stage in TRACKED_BY_CLI:
-            with tracking.stage_run(params, Path(args.root), args.stage):
-                return module.run(params, Layout(Path(args.root)), args) or 0
-        return module.run(params, Layout(Path(args.root)), args) or 0
+            fold = layout.fold if args.stage in PER_FOLD else None
+            with tracking.stage_run(params, Path(args.root), args.stage, fold=fold):
+                return module.run(params, layout, args) or 0
+        return module.run(params, layout, args) or 0
     except LymphaugError as err:
         print(f"lymphaug {args.stage}: error: {err}", file=sys.stderr)
         return 2

@@ -70,7 +70,8 @@ def write_plots(
     )
     val_curve_table(runs).to_csv(folder / "val_accuracy.csv", index=False, lineterminator="\n")
     # the data of dvc.yaml's top-level plots: every run's curves, predictions per condition
-    curves = results.curves_table(layout, list(runs), list(analysis.seeds))
+    folds = sorted({run.fold for cond_runs in runs.values() for run in cond_runs})
+    curves = results.curves_table(layout, list(runs), folds, list(analysis.seeds))
     curves.to_csv(folder / "curves.csv", index=False, lineterminator="\n", float_format="%.6f")
     (folder / "predictions").mkdir()
     for condition, condition_runs in runs.items():
@@ -91,7 +92,8 @@ def _thumb(path: Path, size: int = 120) -> np.ndarray:
 
 def quality_plots(quality: SyntheticMetrics, folder: Path) -> None:
     """The closest synthetic/training pairs. Real vs synthetic per class is the generate
-    stage's contact sheet (reports/synthetic_contact_sheet.png), which the report embeds."""
+    stage's contact sheet (reports/folds/fold_<f>/synthetic_contact_sheet.png), which the
+    report embeds."""
     pairs = [
         (_thumb(synthetic), _thumb(training), caption)
         for synthetic, training, caption in quality.closest
@@ -111,14 +113,27 @@ def not_assessed(quality: QualityReport | None, skipped: str) -> str:
     return ""
 
 
+def read_runs(params: Params, layout: Layout) -> dict[str, list[RunResult]]:
+    """Every condition's runs over params' folds x seeds, checked (results.read_all)."""
+    return results.read_all(
+        layout,
+        list(CONDITIONS),
+        list(params.split.folds),
+        list(params.train.seeds),
+        list(params.classes),
+    )
+
+
 def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
     """Everything but the MLflow logging: read, analyse, write report, plots, metrics."""
     from lymphaug.comparison import report
 
     cfg = params.compare
     classes = list(params.classes)
-    runs = results.read_all(layout, list(CONDITIONS), list(params.train.seeds), classes)
+    runs = read_runs(params, layout)
     analysis = analyse(runs, classes, cfg)
+    # the images of the first fold run: its synthetic set, training images and base model
+    layout = layout.for_fold(params.split.folds[0])
     quality, quality_skipped = None, ""  # the report says why when quality is None
     try:
         from lymphaug.comparison.synthetic_quality import assess
@@ -168,7 +183,7 @@ def log_to_parent(client, parent: str, layout: Layout, metrics: dict, note: str)
     client.log_text(parent, page, "compare/report.html")
     client.log_artifact(parent, str(layout.reports / "metrics.json"), "compare")
     client.log_artifacts(parent, str(layout.reports / PLOTS_DIR), "compare/plots")
-    contact = layout.reports / "synthetic_contact_sheet.png"
+    contact = layout.fold_reports / "synthetic_contact_sheet.png"  # the first fold's
     if contact.is_file():
         client.log_artifact(parent, str(contact), "compare/plots")
     client.set_tag(parent, "mlflow.note.content", note)
@@ -200,14 +215,22 @@ def mark_best_models(client, runs: dict[str, list[RunResult]], layout: Layout) -
 
     lines = {}
     for condition, cond_runs in runs.items():
-        weights = {r.seed: layout.classifier(condition, r.seed) / "model.pt" for r in cond_runs}
-        md5s = {seed: md5_file(path) for seed, path in weights.items() if path.is_file()}
-        scores = {r.seed: r.best_val_accuracy for r in cond_runs if r.best_val_accuracy is not None}
+        # keyed by (fold, seed): a tie goes to the lowest fold, then seed
+        weights = {
+            (r.fold, r.seed): layout.for_fold(r.fold).classifier(condition, r.seed) / "model.pt"
+            for r in cond_runs
+        }
+        md5s = {unit: md5_file(path) for unit, path in weights.items() if path.is_file()}
+        scores = {
+            (r.fold, r.seed): r.best_val_accuracy
+            for r in cond_runs
+            if r.best_val_accuracy is not None
+        }
         version = registry.mark_best(client, condition=condition, scores=scores, md5s=md5s)
         name = registry.registered_name(condition)
         lines[condition] = (
             f"{name}@{registry.BEST_ALIAS} = version {version.version} "
-            f"(seed {version.tags.get('seed', '?')})"
+            f"(fold {version.tags.get('fold', '?')} seed {version.tags.get('seed', '?')})"
             if version is not None
             else f"{name}: no registry version holds these weights, alias not set"
         )
@@ -219,9 +242,7 @@ def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) 
     from lymphaug.common import tracking
 
     # cheap checks first: missing runs or mismatched test sets fail before anything else
-    runs = results.read_all(
-        layout, list(CONDITIONS), list(params.train.seeds), list(params.classes)
-    )
+    runs = read_runs(params, layout)
     client, exp_id = tracking.setup(params.mlflow, layout.root)  # fails fast if down
     analysis, metrics = produce(params, layout)
     uri = tracking.tracking_uri(params.mlflow, layout.root)
@@ -231,7 +252,7 @@ def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) 
         best = mark_best_models(client, runs, layout)
         quality = quality_summary(metrics.get("synthetic_quality"))
         note = parent_note(analysis, best, quality)
-        log_to_parent(client, parent, layout, metrics, note)
+        log_to_parent(client, parent, layout.for_fold(params.split.folds[0]), metrics, note)
         tracking.extend_parent(client, parent)
     print(
         f"compare: {len(analysis.seeds)} seed(s) x {analysis.n_test} test images; report at "

@@ -1,18 +1,20 @@
-"""``lymphaug finetune``: fine-tune the Stable Diffusion UNet on the training split.
+"""``lymphaug finetune --fold F``: fine-tune the Stable Diffusion UNet on fold F's training split.
 
-Reads data/split.csv (training rows only, checked by ``assert_train_only``) and the class
-prompts from params, trains under accelerate (``accelerate launch lymphaug finetune``
-works on several GPUs), and writes the model to ``models/diffusion`` (see
-:mod:`lymphaug.diffusion.loading` for its form) plus the loss curve
-``reports/finetune_loss.csv``. Checkpoints live in ``work/finetune/<params hash>`` so an
+Reads data/splits/fold_<F>.csv (training rows only, checked by ``assert_train_only``) and
+the class prompts from params, trains under accelerate (``accelerate launch lymphaug
+finetune`` works on several GPUs), and writes the model to ``models/diffusion/fold_<F>``
+(see :mod:`lymphaug.diffusion.loading` for its form; its description records the fold and
+the split file's sha256, which generate checks) plus the loss curve
+``reports/folds/fold_<F>/finetune_loss.csv``. Checkpoints live in
+``work/finetune/fold_<F>/<params hash>`` so an
 interrupted run resumes where it stopped. Once the model is saved they are removed, as
 train does: they only serve an interrupted run (a full Stable Diffusion checkpoint with
-Adam state is ~10 GB, several times the model), the model itself is in ``models/diffusion``
+Adam state is ~10 GB, several times the model), the model itself is in ``models/diffusion/``
 and DVC's cache, and training longer changes ``max_steps`` and so the work folder anyway.
 
-One finetune runs at a time (a lock in ``work/finetune``); holding it, a run removes what
-killed runs left: temporary model folders, half-written checkpoints, and the work folders
-of other params.
+One finetune per fold runs at a time (a lock in ``work/finetune/fold_<F>``); holding it, a
+run removes what killed runs left: temporary model folders, half-written checkpoints, and
+the work folders of other params.
 """
 
 from __future__ import annotations
@@ -50,12 +52,12 @@ def training_rows(split: pd.DataFrame, classes: list[str], prompts: dict[str, st
     train = split[split["split"] == "train"].sort_values("path", kind="stable")
     unknown = sorted(set(train["class"]) - set(classes))
     if unknown:
-        raise DataError(f"data/split.csv: class(es) {unknown} are not in params classes {classes}")
+        raise DataError(f"split file: class(es) {unknown} are not in params classes {classes}")
     no_prompt = [c for c in classes if not prompts.get(c, "").strip()]
     if no_prompt:
         raise ConfigError(f"finetune.prompts has no (or an empty) prompt for class(es) {no_prompt}")
     if train.empty:
-        raise DataError("data/split.csv: no training images to fine-tune on")
+        raise DataError("split file: no training images to fine-tune on")
     assert_train_only(train["path"], split, "finetune")
     return train.reset_index(drop=True)
 
@@ -100,9 +102,13 @@ def finetune(
     from lymphaug.diffusion import training
 
     accelerator = training.make_accelerator(params.finetune)
-    lock = lock_path(layout.work / "finetune")
+    lock = lock_path(layout.fold_work("finetune"))
     # only the main process writes, so only it locks and cleans up
-    with exclusive(lock, "lymphaug finetune") if accelerator.is_main_process else nullcontext():
+    with (
+        exclusive(lock, f"lymphaug finetune --fold {layout.fold}")
+        if accelerator.is_main_process
+        else nullcontext()
+    ):
         return _finetune(
             params,
             layout,
@@ -181,10 +187,12 @@ def _finetune(
     if not resume:
         remove(work_dir)
     data = load_training_data(train, layout.raw, params.classes, cfg.prompts)
-    scale, extra = None, {}
+    # which fold's training images it learned: generate refuses to sample another fold's
+    extra: dict = {"fold": layout.fold, "split_sha256": sha256_file(layout.split_csv)}
+    scale = None
     if cfg.base_model == SCRATCH:
         pipe, scale = _scratch_base(cfg, layout, data, train)
-        extra = {"scale": scale}
+        extra["scale"] = scale
     else:
         pipe = loading.open_base(base, cfg.seed)
     # the base's version, to rebuild or check it under a LoRA adapter and to say what was used
@@ -224,7 +232,7 @@ def _finetune(
 
     from lymphaug.diffusion.track import MetricBuffer, child_run, flat_params
 
-    with child_run(params, layout.root, "finetune") as run_id:
+    with child_run(params, layout.root, "finetune", fold=layout.fold) as run_id:
         mlflow.log_params({**flat_params("finetune", cfg), "train_images": len(train)})
         mlflow.set_tags({"base_model": cfg.base_model, "base_fingerprint": base_fingerprint})
         buffer = MetricBuffer(run_id)
@@ -245,7 +253,7 @@ def _finetune(
         saved = _save(pipe, layout, info=info, result=result, is_main=is_main, work_dir=work_dir)
         mlflow.log_metrics({"final_loss": result.losses[-1], "resumed_from": result.resumed_from})
         log_model_reference(layout.diffusion_model, saved, root=layout.root)
-        mlflow.log_artifact(str(layout.reports / "finetune_loss.csv"))
+        mlflow.log_artifact(str(layout.fold_reports / "finetune_loss.csv"))
     return result, saved
 
 
@@ -332,7 +340,7 @@ def _save(pipe, layout: Layout, *, info, result, is_main: bool, work_dir: Path):
         pipe.to(torch.float32)
     with atomic_path(layout.diffusion_model) as tmp:
         saved = loading.save_finetuned(pipe, tmp, info)
-    write_curve(layout.reports / "finetune_loss.csv", result.losses, result.lrs)
+    write_curve(layout.fold_reports / "finetune_loss.csv", result.losses, result.lrs)
     remove(work_dir)
     return saved
 

@@ -1,17 +1,20 @@
-"""``lymphaug generate``: synthetic images per class from the fine-tuned model.
+"""``lymphaug generate --fold F``: synthetic images per class from fold F's fine-tuned model.
 
 txt2img samples from the class prompt; img2img (SDEdit, Trabucco et al. 2023) starts from
 a noised *training* image of the class with ``strength`` in (0, 1]. Every image has its own
 seed (a function of generate.seed, class and index), so the pictures do not depend on the
-batch size, and finished images are kept in ``work/generate/<hash>`` so an interrupted run
-resumes without redoing or duplicating them. At the end everything is moved atomically into
-``data/synthetic/<class>/*.png`` with ``manifest.csv`` (manifest.SYNTHETIC_COLUMNS), and a
+batch size, and finished images are kept in ``work/generate/fold_<F>/<hash>`` so an
+interrupted run resumes without redoing or duplicating them. A model that learned from
+another fold or another split file is refused (its description records both). At the end
+everything is moved atomically into ``data/synthetic/fold_<F>/<class>/*.png`` with
+``manifest.csv`` (manifest.SYNTHETIC_COLUMNS, stamped with the fold and split digest), and a
 real-vs-synthetic contact sheet is drawn. Images are sampled at the data set's aspect ratio
 and resized to its image size, never stretched (:func:`sampling_canvas`).
 
 A finished image is reused only if it decodes and its sha256 is the one recorded in
 ``finished.jsonl`` when it was written: a truncated or replaced file is made again, never
-published. One generate runs at a time (a lock in ``work/generate``); holding it, a run
+published. One generate per fold runs at a time (a lock in ``work/generate/fold_<F>``);
+holding it, a run
 removes temporary files of killed runs and the work folders of other params.
 """
 
@@ -41,11 +44,15 @@ from lymphaug.common.files import (
 from lymphaug.common.images import png_bytes, read_rgb, to_uint8
 from lymphaug.common.locks import exclusive, lock_path
 from lymphaug.common.manifest import (
+    PROVENANCE_COLUMNS,
     RAW_COLUMNS,
     SPLIT_COLUMNS,
     SYNTHETIC_COLUMNS,
+    SYNTHETIC_ROW_COLUMNS,
+    assert_same_split,
     assert_train_only,
     read_table,
+    with_provenance,
     write_table,
 )
 from lymphaug.common.paths import Layout
@@ -285,16 +292,21 @@ def manifest_frame(jobs: list[Job], cfg: GenerateConfig) -> pd.DataFrame:
         }
         for job in jobs
     ]
-    return pd.DataFrame(rows, columns=SYNTHETIC_COLUMNS)
+    return pd.DataFrame(rows, columns=SYNTHETIC_ROW_COLUMNS)
 
 
-def publish(work_images: Path, jobs: list[Job], cfg: GenerateConfig, target: Path) -> None:
-    """Move the finished images and the manifest into ``target`` in one atomic rename."""
+def publish(
+    work_images: Path, jobs: list[Job], cfg: GenerateConfig, target: Path, *, provenance: dict
+) -> None:
+    """Move the finished images and the manifest into ``target`` in one atomic rename;
+    ``provenance``: the fold and split digest the model learned from (manifest.with_provenance).
+    """
     with atomic_path(target) as tmp:
         for job in jobs:
             (tmp / job.rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(work_images / job.rel, tmp / job.rel)
-        write_table(manifest_frame(jobs, cfg), tmp / "manifest.csv", SYNTHETIC_COLUMNS)
+        rows = with_provenance(manifest_frame(jobs, cfg), **provenance)
+        write_table(rows, tmp / "manifest.csv", SYNTHETIC_COLUMNS)
 
 
 def contact_sheet_image(
@@ -345,14 +357,16 @@ def generate(
     MLflow run is opened, so an unreachable tracking server fails before any image is
     generated rather than after.
     """
-    with exclusive(lock_path(layout.work / "generate"), "lymphaug generate"):
+    with exclusive(
+        lock_path(layout.fold_work("generate")), f"lymphaug generate --fold {layout.fold}"
+    ):
         if not track:
             return _generate(
                 params, layout, resume=resume, on_image=on_image, device=device, run_id=None
             )
         from lymphaug.diffusion.track import child_run
 
-        with child_run(params, layout.root, "generate") as run_id:
+        with child_run(params, layout.root, "generate", fold=layout.fold) as run_id:
             return _generate(
                 params, layout, resume=resume, on_image=on_image, device=device, run_id=run_id
             )
@@ -370,7 +384,7 @@ def _generate(
     """The stage's work; logs to the MLflow run ``run_id`` when there is one."""
     import torch
 
-    from lymphaug.diffusion.loading import load_finetuned
+    from lymphaug.diffusion.loading import INFO_FILE, load_finetuned
     from lymphaug.diffusion.sampling import pixel_multiple
 
     cfg = params.generate
@@ -380,6 +394,15 @@ def _generate(
     split = read_table(layout.split_csv, SPLIT_COLUMNS)
     train = split[split["split"] == "train"].sort_values("path", kind="stable")
     assert_train_only(train["path"], split, "generate")
+    split_sha256 = sha256_file(layout.split_csv)
+    learned = pd.DataFrame([info.extra]).reindex(columns=PROVENANCE_COLUMNS)
+    assert_same_split(
+        learned,
+        manifest_path=layout.diffusion_model / INFO_FILE,
+        fold=layout.fold,
+        split_path=layout.split_csv,
+        split_sha256=split_sha256,
+    )
     sources = {c: list(train[train["class"] == c]["path"]) for c in params.classes}
     jobs = plan(cfg, params.classes, info.prompts, sources)
     work = layout.work_dir("generate", generation_identity(cfg, info.fingerprint, size, jobs))
@@ -402,7 +425,8 @@ def _generate(
         on_image=on_image,
     )
     seconds = time.perf_counter() - start
-    publish(work / "images", jobs, cfg, layout.synthetic)
+    provenance = {"fold": layout.fold, "split_sha256": split_sha256}
+    publish(work / "images", jobs, cfg, layout.synthetic, provenance=provenance)
     remove(work)
     sheet = contact_sheet_image(
         layout,
@@ -411,7 +435,7 @@ def _generate(
         per_class=cfg.contact_sheet_per_class,
         crop=size if info.extra.get("scale") else None,
     )
-    with atomic_path(layout.reports / SHEET) as tmp:
+    with atomic_path(layout.fold_reports / SHEET) as tmp:
         sheet.save(tmp, format="PNG")
     summary = {
         "images": len(jobs),
@@ -441,7 +465,7 @@ def _generate(
                 "images_per_s": made / seconds if made else 0.0,
             }
         )
-        mlflow.log_artifact(str(layout.reports / SHEET))
+        mlflow.log_artifact(str(layout.fold_reports / SHEET))
         mlflow.log_artifact(str(layout.synthetic / "manifest.csv"))
     return summary
 
@@ -454,7 +478,7 @@ def run(params: Params, layout: Layout, args) -> int:
     note = f" ({summary['skipped']} already done, resumed)" if summary["skipped"] else ""
     print(
         f"generate: {summary['images']} images{note} in {summary['seconds']:.1f} s "
-        f"-> {layout.synthetic}; contact sheet {layout.reports / SHEET}"
+        f"-> {layout.synthetic}; contact sheet {layout.fold_reports / SHEET}"
     )
     return 0
 

@@ -222,17 +222,21 @@ def ingest(
 
 
 def mat_items(path: Path, params: Params) -> tuple[list[Item], pd.DataFrame]:
-    """Items for the benchmark's MATLAB file, and its chosen fold as a split table."""
+    """Items for the benchmark's MATLAB file, and every fold's division as a split table
+    (one row per image and fold; ``fold`` 0-based)."""
     cfg = params.ingest.mat
     data = mat_src.load(path, cfg.images_key, len(params.classes), cfg.fold)
     digits = max(3, len(str(len(data.images) - 1)))
-    train = set(data.train_index.tolist())
+    trains = [set(index.tolist()) for index in data.fold_train_indices]
     items, rows = [], []
     for k, (array, label) in enumerate(zip(data.images, data.labels, strict=True)):
         cls, name = params.classes[label], f"{k:0{digits}d}.png"
         source = f"{path.name}:{cfg.images_key}{{1}}{{{k + 1}}}"
         items.append(Item(cls, name, source, lambda a=array: mat_src.array_to_rgb8(a)))
-        rows.append((f"{cls}/{name}", cls, "train" if k in train else "val", cfg.fold))
+        rows += [
+            (f"{cls}/{name}", cls, "train" if k in train else "val", fold)
+            for fold, train in enumerate(trains)
+        ]
     return items, pd.DataFrame(rows, columns=manifest.SPLIT_COLUMNS)
 
 

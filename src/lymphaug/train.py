@@ -1,22 +1,24 @@
-"""``lymphaug train --condition <base|dct|synthetic> --seed <n>``: one classifier run.
+"""``lymphaug train --condition <base|dct|synthetic> --fold <f> --seed <n>``: one classifier run.
 
 Order matters: the MLflow run is opened first (an unreachable server fails in
 seconds, not after training), then every image is decoded once, the model is
-trained with a checkpoint per epoch under ``work/train/<condition>/seed_<n>/<hash>``
+trained with a checkpoint per epoch under ``work/train/fold_<f>/<condition>/seed_<n>/<hash>``
 (DVC deletes the stage's outputs before a rerun; the work folder survives, so a
 killed run resumes; it is removed once the outputs are in place), the best epoch is
 evaluated on the test split, and the outputs are moved into place atomically:
 
-- ``models/<condition>/seed_<n>/``: ``model.pt`` (torchvision state dict) + ``model.json``
-- ``reports/train/<condition>/seed_<n>/``: ``metrics.json``, ``history.csv``, ``predictions.csv``
+- ``models/<condition>/fold_<f>/seed_<n>/``: ``model.pt`` (torchvision state dict) +
+  ``model.json``
+- ``reports/train/<condition>/fold_<f>/seed_<n>/``: ``metrics.json`` (with the fold and the
+  sha256 of its split file), ``history.csv``, ``predictions.csv``
 
 Before any of that: the input pipeline and architecture are checked (see
 :func:`~lymphaug.classifier.checks.check_input_pipeline`) and the lock
-``work/train/<condition>/seed_<n>/.lock`` is taken, so a second run of the same condition and
-seed refuses at once instead of deleting the first one's MLflow run; holding it, a run
-removes what killed runs left (temporary outputs, other params' work folders). A tracking
-server that stops answering mid-run ends the stage with one message: the checkpoint stays
-and a rerun resumes from it.
+``work/train/fold_<f>/<condition>/seed_<n>/.lock`` is taken, so a second run of the same
+condition, fold and seed refuses at once instead of deleting the first one's MLflow run;
+holding it, a run removes what killed runs left (temporary outputs, other params' work
+folders). A tracking server that stops answering mid-run ends the stage with one message:
+the checkpoint stays and a rerun resumes from it.
 """
 
 from __future__ import annotations
@@ -184,7 +186,8 @@ def run_identity(params: Params, condition: str, seed: int, digests: dict[str, s
 def work_folder(
     params: Params, layout: Layout, condition: str, seed: int, digests: dict[str, tuple[Path, str]]
 ) -> Path:
-    """``work/train/<condition>/seed_<n>/<digest>``: where this run's checkpoints live."""
+    """``work/train/fold_<f>/<condition>/seed_<n>/<digest>``: where this run's checkpoints
+    live."""
     identity = run_identity(params, condition, seed, {k: d for k, (_, d) in digests.items()})
     return layout.work_dir("train", identity, condition, f"seed_{seed}")
 
@@ -212,6 +215,7 @@ def write_outputs(
             "normalize": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
             "best_epoch": outcome.fit.best_epoch,
             "condition": condition,
+            "fold": layout.fold,
             "seed": seed,
         }
         (tmp / "model.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -306,7 +310,10 @@ def _run_writer(params: Params, layout: Layout, args: argparse.Namespace) -> int
     work = work_folder(params, layout, condition, seed, digests)
     check_reachable(tracking_uri(params.mlflow, layout.root))  # a server that is down: no trace
     # taken before the MLflow run: a second run would delete the first one's run
-    with exclusive(lock_path(work.parent), f"lymphaug train --condition {condition} --seed {seed}"):
+    with exclusive(
+        lock_path(work.parent),
+        f"lymphaug train --condition {condition} --fold {layout.fold} --seed {seed}",
+    ):
         stale = clean_stale(layout, work, condition=condition, seed=seed)
         if stale:
             print(f"train: removed {len(stale)} leftover(s) of earlier runs", file=sys.stderr)
@@ -353,8 +360,10 @@ def _train_and_log(
             resume=resume,
             on_epoch=child.log_epoch,
         )
+        # which assignment it was tested on: compare refuses to pool runs of different ones
+        outcome.metrics.update(fold=layout.fold, split_sha256=digests["split"][1])
         files = write_outputs(outcome, params=params, layout=layout, condition=condition, seed=seed)
-        title = f"{condition} seed={seed}"
+        title = f"{condition} fold={layout.fold} seed={seed}"
         figures = work / "figures"
         figures.mkdir(parents=True, exist_ok=True)
         confusion_png(
@@ -387,7 +396,7 @@ def _train_and_log(
     m = outcome.metrics
     resumed = outcome.fit.resumed_from
     print(
-        f"train {condition} seed={seed}: "
+        f"train {condition} fold={layout.fold} seed={seed}: "
         + (f"resumed from epoch {resumed}, " if resumed else "")
         + f"best epoch {m['best_epoch']}, "
         f"val acc {m['best_val_acc']:.3f}, test acc {m['test_accuracy']:.3f}, "

@@ -62,7 +62,7 @@ def test_sqlite_store_parent_children_curves_artifacts(tmp_path):
     )
     assert len(parents) == 1
     children = _children(client, exp.experiment_id)
-    assert sorted(children) == ["train base seed=0", "train dct seed=0"]
+    assert sorted(children) == ["train base fold=0 seed=0", "train dct fold=0 seed=0"]
     for name, run in children.items():
         assert run.data.tags[tracking.PARENT_TAG] == parents[0].info.run_id
         assert run.info.status == "FINISHED"
@@ -74,14 +74,15 @@ def test_sqlite_store_parent_children_curves_artifacts(tmp_path):
             run.data.params["train.arch"] == "resnet18" and "dct.method2_sigma" in run.data.params
         )
         assert "data.split.sha256" in run.data.tags and run.data.tags["seed"] == "0"
+        assert run.data.tags["fold"] == "0" and run.data.params["fold"] == "0"
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"confusion_matrix.png", "training_curves.png", "predictions.csv"} <= arts
         contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
         assert {"training", "validation", "test"} <= contexts
-    assert "data.dct.sha256" in children["train dct seed=0"].data.tags
+    assert "data.dct.sha256" in children["train dct fold=0 seed=0"].data.tags
     assert (tmp_path / "mlartifacts").is_dir()  # artifacts beside the store, not in the cwd
     models = client.search_logged_models([exp.experiment_id])
-    assert {"classifier-base-seed0", "classifier-dct-seed0"} <= {m.name for m in models}
+    assert {"classifier-base-fold0-seed0", "classifier-dct-fold0-seed0"} <= {m.name for m in models}
     # the parent's duration covers its children: it ends when the last child ended
     parent = client.get_run(parents[0].info.run_id).info
     assert parent.start_time <= min(r.info.start_time for r in children.values())
@@ -94,14 +95,15 @@ def test_sqlite_store_parent_children_curves_artifacts(tmp_path):
     newest = max(versions, key=lambda v: int(v.version))
     weights = out.classifier("base", 0) / "model.pt"
     assert newest.tags["model.md5"] == md5_file(weights) and newest.tags["seed"] == "0"
+    assert newest.tags["fold"] == "0"
     model_id = newest.source.removeprefix("models:/")  # the logged model, by its id
-    assert client.get_logged_model(model_id).name == "classifier-base-seed0"
-    assert newest.run_id == children["train base seed=0"].info.run_id
+    assert client.get_logged_model(model_id).name == "classifier-base-fold0-seed0"
+    assert newest.run_id == children["train base fold=0 seed=0"].info.run_id
     run = client.get_run(newest.run_id)  # the run page lists it under "Logged models"
     assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
     got = mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path / "d"))
     ref = json.loads((Path(got) / "dvc_reference.json").read_text())
-    assert ref["folder"] == "models/base/seed_0"
+    assert ref["folder"] == "models/base/fold_0/seed_0"
     assert ref["files"]["model.pt"]["md5"] == newest.tags["model.md5"]
     # stored once: MLflow's artifact store holds no weights, only references and reports
     stored = [p for p in (tmp_path / "mlartifacts").rglob("*") if p.is_file()]
@@ -115,9 +117,13 @@ def test_sqlite_store_parent_children_curves_artifacts(tmp_path):
     assert main(argv) == 0
     children = _children(client, exp.experiment_id)
     split_keys = set(children["split"].data.params)
-    assert split_keys | {"condition", "seed"} == set(children["train base seed=0"].data.params)
+    assert split_keys | {"condition", "fold", "seed"} == set(
+        children["train base fold=0 seed=0"].data.params
+    )
     assert {"finetune.base_model", "generate.mode", "ingest.source"} <= split_keys
-    assert (out.train_report("dct", 0) / "metrics.json").is_file()
+    # metrics.json says which fold and which split file: compare refuses mixed assignments
+    metrics = json.loads((out.train_report("dct", 0) / "metrics.json").read_text())
+    assert metrics["fold"] == 0 and metrics["split_sha256"] == run.data.tags["data.split.sha256"]
     assert (out.classifier("base", 0) / "model.pt").is_file()
 
 

@@ -95,5 +95,5 @@ def test_lora_on_sd15_is_reproducible_and_keeps_the_aspect_ratio(sd15_folder, tm
     # 128 x 64, of which the centre 86 x 64 (139:104) is resized to the data set's size
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("lymphaug")
-    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'generate'")
+    (run,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'generate fold=0'")
     assert run.data.params["sampled_at"] == "128x64"

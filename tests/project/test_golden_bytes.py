@@ -24,9 +24,9 @@ from lymphaug.common.paths import Layout
 # DVC's md5 of each output (a folder: md5 of its sorted {md5, relpath} list, ".dir").
 GOLDEN = {
     "data/raw": "ee5307f6fd7941b6454d895e83facc88.dir",
-    "data/split.csv": "eb41de0722de312b5c3957f04a166fa2",
-    "data/dct": "01f5c2746f6b570bb7c843f1266fbc45.dir",
-    "reports/dct_contact_sheet.png": "80c63c44ed441cbd08177eaf61f47099",
+    "data/splits": "aca07a96448cd6e601cb7d2b2c6884a3.dir",
+    "data/dct/fold_0": "3209cbd7a0855ffb442aa389e3cc1cb3.dir",
+    "reports/folds/fold_0/dct_contact_sheet.png": "80c63c44ed441cbd08177eaf61f47099",
 }
 
 

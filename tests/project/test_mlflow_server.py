@@ -182,10 +182,12 @@ def test_server_killed_mid_training_is_one_message_and_a_rerun_resumes(tmp_path)
         assert out.returncode == 0, out.stderr
         client = MlflowClient(uri)
         exp = client.get_experiment_by_name("killed")
-        runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'train base seed=0'")
+        runs = client.search_runs(
+            [exp.experiment_id], "attributes.run_name = 'train base fold=0 seed=0'"
+        )
     assert [r.info.status for r in runs] == ["FINISHED"]  # the killed run's child was replaced
-    assert f"train base seed=0: resumed from epoch {done}, " in out.stdout
-    assert not ckpt.exists() and (repo / "models" / "base" / "seed_0" / "model.pt").is_file()
+    assert f"train base fold=0 seed=0: resumed from epoch {done}, " in out.stdout
+    assert not ckpt.exists() and (repo / "models/base/fold_0/seed_0/model.pt").is_file()
 
 
 def torch_epoch(checkpoint: Path) -> int:

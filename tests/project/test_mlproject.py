@@ -14,6 +14,7 @@ import tomllib
 import yaml
 
 from lymphaug import cli
+from lymphaug.common.paths import Layout
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE_ENTRIES = [name for name in cli.STAGES if name != "profile"]  # profile edits params.yaml
@@ -37,10 +38,14 @@ def test_entry_point_commands_parse_with_the_cli(project, stage):
     """Defaults and overrides produce a command line that the real CLI parser accepts."""
     entry = project.get_entry_point(stage)
     user = {"condition": "dct", "seed": "3"} if stage == "train" else {}
+    if stage in cli.PER_FOLD:
+        user["fold"] = "1"
     argv = shlex.split(entry.compute_command({**user, "params": "other.yaml"}, storage_dir=None))
     assert argv[0] == "lymphaug"
     args = cli.build_parser().parse_args(argv[1:])
     assert args.stage == stage and args.params == "other.yaml"
+    if stage in cli.PER_FOLD:
+        assert args.fold == 1
     if stage == "train":
         assert (args.condition, args.seed) == ("dct", 3)
         default = shlex.split(entry.compute_command({}, storage_dir=None))
@@ -117,7 +122,7 @@ def test_mlflow_run_stage_entry_points(tmp_path):
     assert "lymphaug --params tiny.yaml ingest" in out
     assert len(list((proj / "data" / "raw").rglob("*.png"))) == 12
     mlflow_run(proj, "split", "params=tiny.yaml", store=store)
-    assert (proj / "data" / "split.csv").is_file()
+    assert Layout(proj).split_csv.is_file()
     runs = finished_runs(store)
     entry_points = {r.data.tags.get("mlflow.project.entryPoint") for r in runs}
     assert {"ingest", "split"} <= entry_points

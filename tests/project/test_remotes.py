@@ -240,7 +240,7 @@ def test_data_stages_round_trip(tmp_path, repo_root):
     run(repo, "dvc", "repro", "dct")
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "data stages")
-    outs = ("data/raw", "data/split.csv", "data/dct")
+    outs = ("data/raw", "data/splits", "data/dct")
     original = hashes(repo, *outs)
     assert len(original) > 12
     run(repo, "dvc", "push")

@@ -170,7 +170,8 @@ def augment_dataset(
     Refuses (LeakageError) any image that ``split`` does not put in the training split.
     Decodes each image once for all methods, transforms same-size images in batches and
     encodes/writes PNGs in a thread pool (zlib releases the GIL) while the next batch is
-    transformed. Returns the rows of data/dct/manifest.csv.
+    transformed. Returns the rows of the DCT manifest (manifest.DCT_ROW_COLUMNS; the stage
+    adds the fold and split digest).
     """
     paths = images["path"].tolist()
     manifest.assert_train_only(paths, split, "dct")
@@ -225,7 +226,7 @@ def augment_dataset(
             bar.update(len(chunk))
         for f in pending:
             f.result()
-    return pd.DataFrame(rows, columns=manifest.DCT_COLUMNS)
+    return pd.DataFrame(rows, columns=manifest.DCT_ROW_COLUMNS)
 
 
 def training_images(raw: pd.DataFrame, split: pd.DataFrame, split_csv: Path) -> pd.DataFrame:

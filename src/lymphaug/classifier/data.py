@@ -7,7 +7,8 @@ as tensors (:mod:`lymphaug.classifier.transforms`) with a seeded ``torch.Generat
 a resumed run draws the same crops and patches as an uninterrupted one.
 
 Validation and test sets are always real images; DCT and synthetic images join the
-training set only, and any of them derived from a non-training image is refused.
+training set only, and any of them derived from a non-training image, or made from
+another fold or another version of this fold's split file, is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from lymphaug.classifier.transforms import rescale
 from lymphaug.common import manifest
 from lymphaug.common.config import CONDITIONS, Params
 from lymphaug.common.errors import DataError
+from lymphaug.common.files import sha256_file
 from lymphaug.common.images import read_rgb
 from lymphaug.common.paths import Layout
 from lymphaug.common.progress import progress
@@ -108,7 +110,8 @@ def extra_training_rows(
         stage = "dct" if condition == "dct" else "generate"
         raise DataError(
             f"condition {condition}: data folder {folder} does not exist "
-            f"(run `dvc repro {stage}` or fix train.synthetic_dir)"
+            f"(run `lymphaug {stage} --fold {layout.fold}`, `dvc repro`, or fix "
+            "train.synthetic_dir)"
         )
     path = folder / "manifest.csv"
     rows = manifest.read_table(path, columns)
@@ -122,11 +125,19 @@ def extra_training_rows(
     else:
         sources = [s for s in rows["source"] if s]
     manifest.assert_train_only(sources, split, f"train ({condition} condition)")
+    manifest.assert_same_split(
+        rows,
+        manifest_path=path,
+        fold=layout.fold,
+        split_path=layout.split_csv,
+        split_sha256=sha256_file(layout.split_csv),
+    )
     return folder, rows.reset_index(drop=True), path
 
 
 def load_splits(condition: str, params: Params, layout: Layout) -> Splits:
-    """Read split.csv (and the condition's extra images) and decode every image once."""
+    """Read the fold's split file (and the condition's extra images, checked to be this
+    fold's) and decode every image once."""
     classes = list(params.classes)
     scale = params.train.scale
     split = manifest.read_table(layout.split_csv, manifest.SPLIT_COLUMNS)

@@ -1,4 +1,4 @@
-"""One MLflow child run per (condition, seed) under the pipeline's parent run.
+"""One MLflow child run per (condition, fold, seed) under the pipeline's parent run.
 
 The run is created before any data is decoded, so an unreachable tracking server
 stops the stage in seconds. Per-epoch metrics are logged as they come with
@@ -20,14 +20,14 @@ from lymphaug.common.config import Params
 from lymphaug.common.paths import Layout
 
 
-def run_name(condition: str, seed: int) -> str:
-    return f"train {condition} seed={seed}"
+def run_name(condition: str, fold: int, seed: int) -> str:
+    return f"train {condition} fold={fold} seed={seed}"
 
 
-def model_name(condition: str, seed: int) -> str:
-    """The logged model's name: MLflow's models page lists six of them, not six "model"s
+def model_name(condition: str, fold: int, seed: int) -> str:
+    """The logged model's name: MLflow's models page lists each by name, not many "model"s
     (the registered model is per condition: :func:`lymphaug.common.registry.registered_name`)."""
-    return f"classifier-{condition}-seed{seed}"
+    return f"classifier-{condition}-fold{fold}-seed{seed}"
 
 
 class ChildRun:
@@ -35,6 +35,7 @@ class ChildRun:
 
     def __init__(self, params: Params, layout: Layout, condition: str, seed: int) -> None:
         self.condition, self.seed, self.root = condition, seed, layout.root
+        self.fold = layout.fold
         self.uri = tracking.tracking_uri(params.mlflow, layout.root)
         self.client, self.experiment_id = tracking.setup(params.mlflow, layout.root)
         with tracking.talking_to(self.uri, "creating the run"):
@@ -42,9 +43,15 @@ class ChildRun:
             self.parent_id = tracking.parent_run_id(
                 self.client, self.experiment_id, self.key, layout.root
             )
-            tags = tracking.run_tags(layout.root, {"condition": condition, "seed": str(seed)})
+            tags = tracking.run_tags(
+                layout.root, {"condition": condition, "fold": str(self.fold), "seed": str(seed)}
+            )
             self.run_id = tracking.fresh_child_run_id(
-                self.client, self.experiment_id, self.parent_id, run_name(condition, seed), tags
+                self.client,
+                self.experiment_id,
+                self.parent_id,
+                run_name(condition, self.fold, seed),
+                tags,
             )
 
     def log_setup(
@@ -64,7 +71,12 @@ class ChildRun:
         import mlflow
 
         # every section for every condition: the compare view has no "unknown" cells
-        flat = {"condition": condition, "seed": str(seed), **tracking.all_params(params)}
+        flat = {
+            "condition": condition,
+            "fold": str(self.fold),
+            "seed": str(seed),
+            **tracking.all_params(params),
+        }
         with mlflow.start_run(run_id=self.run_id):
             mlflow.log_params(flat)
             mlflow.set_tags(tags)
@@ -114,7 +126,7 @@ class ChildRun:
                 self.client,
                 experiment_id=self.experiment_id,
                 run_id=self.run_id,
-                name=model_name(self.condition, self.seed),
+                name=model_name(self.condition, self.fold, self.seed),
                 model_dir=model_dir,
                 ref=ref,
             )
@@ -125,6 +137,7 @@ class ChildRun:
                 run_id=self.run_id,
                 ref=ref,
                 tags={
+                    "fold": str(self.fold),
                     "seed": str(self.seed),
                     "best_val_acc": f"{metrics['best_val_acc']:.4f}",
                     "test_accuracy": f"{metrics['test_accuracy']:.4f}",

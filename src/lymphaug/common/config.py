@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from lymphaug.common.errors import ConfigError
 
@@ -93,21 +101,46 @@ class IngestConfig(Section):
 
 class SplitConfig(Section):
     seed: int = Field(0, ge=0)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    val_fraction: float = Field(0.2, ge=0, lt=1)
-    k_folds: int = Field(0, ge=0, description="0: one train/val split; k>=2: k folds")
-    fold: int = Field(0, ge=0)
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="k_folds 0 only")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="of what the test split leaves")
+    k_folds: int = Field(
+        0, ge=0, description="0: one split (fold 0); k>=2: k folds over all images, fold f = test"
+    )
+    folds: list[int] = Field(
+        [0], min_length=1, description="the folds DVC's matrix stages run (a list: DVC reads it)"
+    )
     predefined: bool = Field(
-        False, description="source=mat: the benchmark's held-out fold is the test split"
+        False, description="source=mat: the benchmark's held-out fold(s) are the test split(s)"
     )
 
-    @model_validator(mode="after")
-    def _fold_in_range(self) -> SplitConfig:
-        if self.k_folds == 1:
-            raise ValueError("k_folds must be 0 (no folds) or at least 2")
-        if self.k_folds and self.fold >= self.k_folds:
-            raise ValueError(f"fold {self.fold} is out of range for k_folds={self.k_folds}")
-        return self
+    @property
+    def n_folds(self) -> int:
+        """How many fold assignments split writes: k_folds, or the one split as fold 0."""
+        return max(self.k_folds, 1)
+
+    @field_validator("k_folds")
+    @classmethod
+    def _not_one_fold(cls, k_folds: int) -> int:
+        if k_folds == 1:
+            raise ValueError("k_folds must be 0 (one split) or at least 2")
+        return k_folds
+
+    @field_validator("folds")
+    @classmethod
+    def _folds_in_range(cls, folds: list[int], info: ValidationInfo) -> list[int]:
+        """Each fold a DVC matrix runs must exist; a repeat would name one stage twice."""
+        k_folds = info.data.get("k_folds")
+        if k_folds is None:  # k_folds itself is invalid: its own error says so
+            return folds
+        n_folds = max(k_folds, 1)
+        bad = [f for f in folds if not 0 <= f < n_folds]
+        if bad:
+            raise ValueError(
+                f"folds {bad} out of range: with k_folds {k_folds} the folds are 0..{n_folds - 1}"
+            )
+        if len(set(folds)) != len(folds):
+            raise ValueError(f"folds must not repeat: {folds}")
+        return folds
 
 
 # --- DCT augmentation -------------------------------------------------------
@@ -263,11 +296,25 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     seeds: list[int] = Field([0, 1], min_length=1, description="one train stage per seed")
     dct_methods: list[DctMethod] = ["method1", "method2"]
-    synthetic_dir: str = "data/synthetic"
+    synthetic_dir: str | None = Field(
+        None, description="null: the fold's data/synthetic/fold_<f>; else a path with {fold}"
+    )
     vflip: bool = Field(True, description="vertical flips too (histology has no 'up')")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: CPU autocast (AMX)")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$")
     num_threads: int = Field(0, ge=0, description="0: torch's default")
+
+    @field_validator("synthetic_dir")
+    @classmethod
+    def _synthetic_dir_per_fold(cls, value: str | None) -> str | None:
+        """A synthetic set is learned from one fold's training images: an override must name
+        the fold, or every fold's classifier would train on one fold's set (a leak)."""
+        if value is not None and "{fold}" not in value:
+            raise ValueError(
+                f"synthetic_dir {value!r} must contain {{fold}} (e.g. 'elsewhere/fold_{{fold}}'): "
+                "each fold trains on its own synthetic set; null uses data/synthetic/fold_<f>"
+            )
+        return value
 
     @field_validator("seeds")
     @classmethod

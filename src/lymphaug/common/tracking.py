@@ -260,11 +260,19 @@ def all_params(params) -> dict[str, str]:
 
 
 @contextmanager
-def stage_run(params, root: Path, name: str, tags: dict[str, str] | None = None) -> Iterator[str]:
+def stage_run(
+    params, root: Path, name: str, tags: dict[str, str] | None = None, *, fold: int | None = None
+) -> Iterator[str]:
     """Child run ``name`` under the pipeline's parent (an earlier one of that name replaced),
-    active while the block runs, with :func:`all_params`; FAILED if the block raises."""
+    active while the block runs, with :func:`all_params`; FAILED if the block raises.
+
+    A per-fold stage passes ``fold``: the run is named ``<name> fold=<f>`` (each fold its own
+    child, not one replacing another) and has ``fold`` as a param and a tag."""
     import mlflow
 
+    extra = {} if fold is None else {"fold": str(fold)}
+    if fold is not None:
+        name, tags = fold_run_name(name, fold), {**(tags or {}), **extra}
     client, exp_id = setup(params.mlflow, root)
     uri = tracking_uri(params.mlflow, root)
     with talking_to(uri, f"creating the run {name!r}"):
@@ -273,7 +281,7 @@ def stage_run(params, root: Path, name: str, tags: dict[str, str] | None = None)
     try:
         with mlflow.start_run(run_id=run_id):
             with talking_to(uri, f"logging the params of {name!r}"):
-                mlflow.log_params(all_params(params))
+                mlflow.log_params({**extra, **all_params(params)})
             yield run_id
     except BaseException as err:
         with best_effort(server_down=isinstance(err, TrackingError)):
@@ -281,6 +289,11 @@ def stage_run(params, root: Path, name: str, tags: dict[str, str] | None = None)
         raise
     with talking_to(uri, f"ending the run {name!r}"):
         extend_parent(client, parent)
+
+
+def fold_run_name(name: str, fold: int) -> str:
+    """``dct fold=0``: one child run per stage and fold under the pipeline's parent."""
+    return f"{name} fold={fold}"
 
 
 def run_tags(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -253,8 +253,10 @@ def _quality_section(
     quality: QualityReport | None, skipped: str, layout: Layout, *, is_sample: bool
 ) -> list[str]:
     lines = ["## Synthetic images", ""]
-    if (layout.reports / "synthetic_contact_sheet.png").is_file():
-        lines += ["![Real vs synthetic contact sheet](synthetic_contact_sheet.png)", ""]
+    sheet = layout.fold_reports / "synthetic_contact_sheet.png"
+    if sheet.is_file():
+        link = sheet.relative_to(layout.reports).as_posix()
+        lines += [f"![Real vs synthetic contact sheet, fold {layout.fold}]({link})", ""]
     if quality is None:
         return lines + [f"Quality not assessed: {skipped}", ""]
     if is_sample:

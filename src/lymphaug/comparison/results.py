@@ -1,16 +1,21 @@
-"""Reading the training stage's per-(condition, seed) outputs for the comparison.
+"""Reading the training stage's per-(condition, fold, seed) outputs for the comparison.
 
-Contract (written by ``lymphaug train`` under ``reports/train/<condition>/seed_<n>/``):
+Contract (written by ``lymphaug train`` under
+``reports/train/<condition>/fold_<f>/seed_<n>/``):
 
 - ``predictions.csv``: path, class, label, predicted, predicted_class, prob_<class>...
   (one row per test image; ``label``/``predicted`` are class indices). Accuracy,
   macro-F1 and the confusion matrix are recomputed from these rows, so every number
   in the report traces back to per-image predictions.
 - ``history.csv``: epoch, train_loss, train_acc, val_loss, val_acc (fractions).
-- ``metrics.json``: read for the best epoch only (optional keys).
+- ``metrics.json``: read for the best epoch, the fold and the sha256 of the fold's split
+  file (optional keys: older runs lack them).
 
 Pairing is the point of the comparison, so any difference in the set of test
-images between conditions or seeds is refused rather than silently intersected.
+images between conditions or seeds of one fold is refused rather than silently
+intersected; runs are paired by (fold, seed). Runs made from different fold
+assignments (a split file's sha256 that differs between runs of one fold, or from the
+fold's current split file) are refused too: their test sets are not one partition.
 """
 
 from __future__ import annotations
@@ -24,16 +29,19 @@ import numpy as np
 import pandas as pd
 
 from lymphaug.common.errors import DataError
+from lymphaug.common.files import sha256_file
 from lymphaug.common.metrics import confusion_matrix, macro_f1
 from lymphaug.common.paths import Layout
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunResult:
-    """One (condition, seed) training run as the comparison needs it: per-image outcomes,
-    so every score is recomputed here rather than trusted from the run's own summary."""
+    """One (condition, fold, seed) training run as the comparison needs it: per-image
+    outcomes, so every score is recomputed here rather than trusted from the run's own
+    summary."""
 
     condition: str
+    fold: int
     seed: int
     paths: tuple[str, ...]  # test images, sorted
     labels: np.ndarray  # int, aligned with paths
@@ -41,6 +49,12 @@ class RunResult:
     epochs: np.ndarray
     val_accuracy: np.ndarray  # fractions
     best_epoch: int | None
+    split_sha256: str | None = None  # the fold's split file it trained on (metrics.json)
+
+    @property
+    def unit(self) -> str:
+        """``fold 0 seed 1``: how messages and tables name the run within its condition."""
+        return f"fold {self.fold} seed {self.seed}"
 
     @property
     def correct(self) -> np.ndarray:
@@ -90,13 +104,15 @@ def _relative(path: str, root: Path) -> str:
 
 
 def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> RunResult:
-    """One run's outputs, checked and sorted by image path so runs can be paired by row."""
+    """One run's outputs (of ``layout.fold``), checked and sorted by image path so runs can
+    be paired by row."""
     folder = layout.train_report(condition, seed)
     pred_path = folder / "predictions.csv"
     if not pred_path.is_file():
         raise DataError(
-            f"condition {condition!r}, seed {seed}: no training results at {pred_path} "
-            f"(run `lymphaug train --condition {condition} --seed {seed}` or `dvc repro`)"
+            f"condition {condition!r}, fold {layout.fold}, seed {seed}: no training results at "
+            f"{pred_path} (run `lymphaug train --condition {condition} --fold {layout.fold} "
+            f"--seed {seed}` or `dvc repro`)"
         )
     try:
         pred = pd.read_csv(pred_path, dtype={"path": str, "class": str}, keep_default_na=False)
@@ -114,17 +130,26 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
     predicted = _as_index(pred["predicted"], classes, source=pred_path, column="predicted")
 
     epochs, val_acc = _read_history(folder / "history.csv")
-    best_epoch = None
+    best_epoch, split_sha256 = None, None
     metrics_path = folder / "metrics.json"
     if metrics_path.is_file():
         try:
             metrics = json.loads(metrics_path.read_text())
         except json.JSONDecodeError as err:
             raise DataError(f"{metrics_path}: not valid JSON ({err})") from None
-        value = metrics.get("best_epoch") if isinstance(metrics, dict) else None
+        metrics = metrics if isinstance(metrics, dict) else {}
+        value = metrics.get("best_epoch")
         best_epoch = int(value) if isinstance(value, int | float) else None
+        recorded = metrics.get("fold", layout.fold)
+        if recorded != layout.fold:
+            raise DataError(
+                f"{metrics_path}: a run of fold {recorded} in fold {layout.fold}'s folder: "
+                "copied by hand? rerun it (dvc repro)"
+            )
+        split_sha256 = metrics.get("split_sha256")
     return RunResult(
         condition=condition,
+        fold=layout.fold,
         seed=seed,
         paths=tuple(pred["path"]),
         labels=labels,
@@ -132,6 +157,7 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
         epochs=epochs,
         val_accuracy=val_acc,
         best_epoch=best_epoch,
+        split_sha256=split_sha256,
     )
 
 
@@ -148,33 +174,39 @@ def _read_history(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return hist["epoch"].to_numpy(dtype=np.int64), hist["val_acc"].to_numpy(dtype=np.float64)
 
 
-def curves_table(layout: Layout, conditions: list[str], seeds: list[int]) -> pd.DataFrame:
-    """Every run's per-epoch history in one long table (``run`` = "<condition> seed <n>").
+def curves_table(
+    layout: Layout, conditions: list[str], folds: list[int], seeds: list[int]
+) -> pd.DataFrame:
+    """Every run's per-epoch history in one long table
+    (``run`` = "<condition> fold <f> seed <n>").
 
     ``dvc plots`` draws it with one line per run, coloured by condition, for whatever
-    conditions and seeds params list (dvc.yaml names this one file, not every run's).
+    conditions, folds and seeds params list (dvc.yaml names this one file, not every run's).
     """
     frames = []
     for condition in conditions:
-        for seed in seeds:
-            path = layout.train_report(condition, seed) / "history.csv"
+        for fold, seed in units(folds, seeds):
+            path = layout.for_fold(fold).train_report(condition, seed) / "history.csv"
             if not path.is_file():
                 continue
             try:
                 hist = pd.read_csv(path)
             except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
                 raise DataError(f"{path}: not a readable CSV ({err})") from None
-            hist.insert(0, "run", f"{condition} seed {seed}")
+            hist.insert(0, "run", f"{condition} fold {fold} seed {seed}")
             hist.insert(1, "condition", condition)
-            hist.insert(2, "seed", seed)
+            hist.insert(2, "fold", fold)
+            hist.insert(3, "seed", seed)
             frames.append(hist)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run"])
 
 
 def pooled_predictions(runs: list[RunResult], classes: list[str]) -> pd.DataFrame:
-    """One condition's test predictions over all its seeds: a confusion plot pools them."""
+    """One condition's test predictions over all its folds and seeds: a confusion plot pools
+    them."""
     rows = [
         {
+            "fold": run.fold,
             "seed": run.seed,
             "path": path,
             "class": classes[label],
@@ -183,18 +215,26 @@ def pooled_predictions(runs: list[RunResult], classes: list[str]) -> pd.DataFram
         for run in runs
         for path, label, predicted in zip(run.paths, run.labels, run.predicted, strict=True)
     ]
-    return pd.DataFrame(rows, columns=["seed", "path", "class", "predicted_class"])
+    return pd.DataFrame(rows, columns=["fold", "seed", "path", "class", "predicted_class"])
+
+
+def units(folds: list[int], seeds: list[int]) -> list[tuple[int, int]]:
+    """The (fold, seed) units in the one order every condition's runs are listed in, so
+    that position i pairs the same unit across conditions."""
+    return [(fold, seed) for fold in folds for seed in seeds]
 
 
 def read_all(
-    layout: Layout, conditions: list[str], seeds: list[int], classes: list[str]
+    layout: Layout, conditions: list[str], folds: list[int], seeds: list[int], classes: list[str]
 ) -> dict[str, list[RunResult]]:
-    """Every (condition, seed) result; refuses missing runs and mismatched test sets."""
+    """Every (condition, fold, seed) result, each condition's in :func:`units` order;
+    refuses missing runs, mismatched test sets and mixed fold assignments."""
     missing = [
-        f"{condition} seed {seed} ({layout.train_report(condition, seed) / 'predictions.csv'})"
+        f"{condition} fold {fold} seed {seed} "
+        f"({layout.for_fold(fold).train_report(condition, seed) / 'predictions.csv'})"
         for condition in conditions
-        for seed in seeds
-        if not (layout.train_report(condition, seed) / "predictions.csv").is_file()
+        for fold, seed in units(folds, seeds)
+        if not (layout.for_fold(fold).train_report(condition, seed) / "predictions.csv").is_file()
     ]
     if missing:
         raise DataError(
@@ -203,32 +243,73 @@ def read_all(
             "writes them)"
         )
     runs = {
-        condition: [read_run(layout, condition, seed, classes) for seed in seeds]
+        condition: [
+            read_run(layout.for_fold(fold), condition, seed, classes)
+            for fold, seed in units(folds, seeds)
+        ]
         for condition in conditions
     }
+    check_assignment(runs, layout)
     check_pairing(runs)
     return runs
 
 
+def check_assignment(runs: dict[str, list[RunResult]], layout: Layout) -> None:
+    """Every run of a fold must have trained on that fold's current split file.
+
+    Why: runs of folds 0 and 1 from two different k-fold assignments (another split.seed,
+    k_folds, or data) do not test each image exactly once, and runs of one fold from two
+    versions of its split file are not tested on the same images' complement; pooling
+    either would be wrong. Runs that recorded no digest (older ones) are not checked.
+    """
+    for run in (r for cond_runs in runs.values() for r in cond_runs):
+        if run.split_sha256 is None:
+            continue
+        split_csv = layout.for_fold(run.fold).split_csv
+        current = sha256_file(split_csv) if split_csv.is_file() else None
+        if current is not None and run.split_sha256 != current:
+            raise DataError(
+                f"{run.condition} {run.unit} trained on a split file with sha256 "
+                f"{run.split_sha256[:12]}, but {split_csv} is {current[:12]}: runs from "
+                "different fold assignments cannot be pooled; rerun the stale runs (dvc repro)"
+            )
+    by_fold: dict[int, set[str]] = {}
+    for run in (r for cond_runs in runs.values() for r in cond_runs):
+        if run.split_sha256 is not None:
+            by_fold.setdefault(run.fold, set()).add(run.split_sha256)
+    mixed = {fold: sorted(d[:12] for d in digests) for fold, digests in by_fold.items()}
+    mixed = {fold: digests for fold, digests in mixed.items() if len(digests) > 1}
+    if mixed:
+        fold, digests = next(iter(mixed.items()))
+        raise DataError(
+            f"the runs of fold {fold} trained on different split files (sha256 "
+            f"{', '.join(digests)}): runs from different fold assignments cannot be pooled; "
+            "rerun them on one split (dvc repro)"
+        )
+
+
 def check_pairing(runs: dict[str, list[RunResult]]) -> None:
-    """Every run must score the same test images with the same labels."""
+    """Every run of a fold must score the same test images with the same labels."""
     all_runs = [run for cond_runs in runs.values() for run in cond_runs]
-    ref = all_runs[0]
-    for run in all_runs[1:]:
+    first: dict[int, RunResult] = {}
+    for run in all_runs:
+        ref = first.setdefault(run.fold, run)
+        if run is ref:
+            continue
         if run.paths != ref.paths:
             only_ref = sorted(set(ref.paths) - set(run.paths))
             only_run = sorted(set(run.paths) - set(ref.paths))
             raise DataError(
-                f"{run.condition} seed {run.seed} was tested on different images than "
-                f"{ref.condition} seed {ref.seed} ({len(run.paths)} vs {len(ref.paths)} "
-                f"images; only in {ref.condition}/{ref.seed}: {only_ref[:3]}, only in "
-                f"{run.condition}/{run.seed}: {only_run[:3]}): paired tests would pair the "
+                f"{run.condition} {run.unit} was tested on different images than "
+                f"{ref.condition} {ref.unit} ({len(run.paths)} vs {len(ref.paths)} "
+                f"images; only in {ref.condition} {ref.unit}: {only_ref[:3]}, only in "
+                f"{run.condition} {run.unit}: {only_run[:3]}): paired tests would pair the "
                 "wrong images; retrain both on the same split"
             )
         if not np.array_equal(run.labels, ref.labels):
-            first = int(np.flatnonzero(run.labels != ref.labels)[0])
+            bad = int(np.flatnonzero(run.labels != ref.labels)[0])
             raise DataError(
-                f"{run.condition} seed {run.seed} labels test image {run.paths[first]} "
-                f"differently from {ref.condition} seed {ref.seed}: the runs used different "
+                f"{run.condition} {run.unit} labels test image {run.paths[bad]} "
+                f"differently from {ref.condition} {ref.unit}: the runs used different "
                 "class lists or data"
             )

@@ -22,9 +22,9 @@ def flat_params(prefix: str, section) -> dict[str, str]:
 
 
 @contextmanager
-def child_run(params: Params, root: Path, name: str) -> Iterator[str]:
-    """Start child run ``name`` (replacing an earlier one) and make it the active run."""
-    with tracking.stage_run(params, root, name) as run_id:
+def child_run(params: Params, root: Path, name: str, *, fold: int) -> Iterator[str]:
+    """Start child run ``name fold=<f>`` (replacing an earlier one) and make it the active run."""
+    with tracking.stage_run(params, root, name, fold=fold) as run_id:
         yield run_id
 
 

@@ -15,9 +15,10 @@ Layout (the convention of the benchmark's MATLAB code), in the cell array
 
 Image k (0-based) becomes ``<class>/<k>.png`` zero-padded to 3 digits, the same
 names as the shared PNG copy of this set (CLL 000-112, FL 113-251, MCL 252-373).
-The chosen fold's division is written beside the manifest as
-``predefined_split.csv`` (manifest.SPLIT_COLUMNS; its test part is called ``val``,
-as in the study, which had no separate test set).
+Every fold's division is written beside the manifest as ``predefined_split.csv``
+(manifest.SPLIT_COLUMNS, one row per image and fold, ``fold`` 0-based = row - 1; a
+fold's held-out part is called ``val``, as in the study, which had no separate test
+set); ``split`` picks the folds (``ingest.mat.fold`` alone, or all of them).
 
 MATLAB v7.3 files are HDF5, which scipy cannot read: re-save with ``save -v7``.
 """
@@ -40,6 +41,7 @@ class MatData:
     images: list[np.ndarray]  # as stored; converted lazily by array_to_rgb8
     labels: np.ndarray  # 0-based class index per image
     train_index: np.ndarray  # 0-based indices of the chosen fold's training images
+    fold_train_indices: tuple[np.ndarray, ...] = ()  # every fold's, in the file's row order
 
 
 def array_to_rgb8(array: np.ndarray) -> np.ndarray:
@@ -100,10 +102,11 @@ def load(path: Path, key: str, n_classes: int, fold: int) -> MatData:
         )
     if not 1 <= fold <= div.shape[0]:
         raise DataError(f"{path}: ingest.mat.fold {fold} out of range 1..{div.shape[0]}")
-    row = div[fold - 1]
-    if div.shape[1] != n or sorted(row.tolist()) != list(range(n)) or not 0 < dim1 < n:
-        raise DataError(
-            f"{path}: {key}{{3}} row {fold} is not a permutation of 1..{n} "
-            f"with DIM1={dim1} training images"
-        )
-    return MatData(images, labels, np.sort(row[:dim1]))
+    for number, row in enumerate(div, start=1):
+        if div.shape[1] != n or sorted(row.tolist()) != list(range(n)) or not 0 < dim1 < n:
+            raise DataError(
+                f"{path}: {key}{{3}} row {number} is not a permutation of 1..{n} "
+                f"with DIM1={dim1} training images"
+            )
+    every = tuple(np.sort(row[:dim1]) for row in div)
+    return MatData(images, labels, every[fold - 1], every)
