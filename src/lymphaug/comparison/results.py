@@ -7,7 +7,7 @@ Contract (written by ``lymphaug train`` under ``reports/train/<condition>/seed_<
   macro-F1 and the confusion matrix are recomputed from these rows, so every number
   in the report traces back to per-image predictions.
 - ``history.csv``: epoch, train_loss, train_acc, val_loss, val_acc (fractions).
-- ``metrics.json``: read for the best epoch only (optional keys).
+- ``metrics.json``: read for the best epoch and n_train only (optional keys).
 
 Pairing is the point of the comparison, so any difference in the set of test
 images between conditions or seeds is refused rather than silently intersected.
@@ -41,6 +41,8 @@ class RunResult:
     epochs: np.ndarray
     val_accuracy: np.ndarray  # fractions
     best_epoch: int | None
+    fold: int = 0  # cross-validation fold (issue 14): runs pair by (fold, seed)
+    n_train: int | None = None  # real training images (metrics.json): the corrected t's n_train
 
     @property
     def correct(self) -> np.ndarray:
@@ -114,7 +116,7 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
     predicted = _as_index(pred["predicted"], classes, source=pred_path, column="predicted")
 
     epochs, val_acc = _read_history(folder / "history.csv")
-    best_epoch = None
+    best_epoch = n_train = None
     metrics_path = folder / "metrics.json"
     if metrics_path.is_file():
         try:
@@ -123,6 +125,8 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
             raise DataError(f"{metrics_path}: not valid JSON ({err})") from None
         value = metrics.get("best_epoch") if isinstance(metrics, dict) else None
         best_epoch = int(value) if isinstance(value, int | float) else None
+        value = metrics.get("n_train") if isinstance(metrics, dict) else None
+        n_train = int(value) if isinstance(value, int | float) else None
     return RunResult(
         condition=condition,
         seed=seed,
@@ -132,6 +136,7 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
         epochs=epochs,
         val_accuracy=val_acc,
         best_epoch=best_epoch,
+        n_train=n_train,
     )
 
 
