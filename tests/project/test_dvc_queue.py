@@ -115,6 +115,12 @@ def test_two_queued_experiments_run_on_two_workers(tmp_path):
         "x2": (2, {"y": 4, "together": True, "gpu": ""}),
         "x3": (3, {"y": 6, "together": True, "gpu": ""}),
     }
+    # the workspace with the params of one experiment: restored from DVC's run-cache, not
+    # run again (README: the final full run collects what the queued experiments trained)
+    text = (repo / "params.yaml").read_text().replace("x: 1", "x: 3")
+    (repo / "params.yaml").write_text(text)
+    assert "Stage 'double' is cached - skipping run" in sh(repo, "dvc", "repro")
+    assert json.loads((repo / "out.json").read_text())["y"] == 6
 
 
 @pytest.mark.slow
