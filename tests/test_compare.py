@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -188,6 +189,7 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     assert "What this design can resolve" in text
     assert "- dct: paired t-test over seeds (3 seeds): differences of " in text
     assert "McNemar over (seed, image) pairs (18 pairs)" in text
+    assert not re.search(r"\bfolds?\b", text)  # one split: the wording of a seeds-only design
     for png in ("val_accuracy", "test_accuracy", "confusion_matrices", "nearest_pairs"):
         assert f"](compare/{png}.png)" in text
         assert (root / f"reports/compare/{png}.png").stat().st_size > 1000
@@ -214,6 +216,15 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     assert len(runs) == 1
     got = runs[0].data.metrics
     assert got["compare.vs_base.dct.accuracy_diff"] == pytest.approx(4 / 18, abs=1e-6)
+    # per condition the spread over the units, beside the mean (the compare view's columns)
+    assert got["compare.conditions.dct.accuracy_min"] == pytest.approx(5 / 6, abs=1e-6)
+    assert got["compare.conditions.dct.accuracy_max"] == 1.0
+    assert got["compare.conditions.dct.n_units"] == 3 and got["compare.n_folds"] == 1
+    assert runs[0].data.params == {
+        "compare.n_folds": "1",
+        "compare.n_seeds": "3",
+        "compare.n_units": "3",
+    }
     arts = {a.path for a in client.list_artifacts(runs[0].info.run_id, "compare")}
     assert {"compare/report.md", "compare/metrics.json", "compare/plots"} <= arts
     # the report as a page MLflow renders, its figures inside it; each figure an MLflow image

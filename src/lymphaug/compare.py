@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -167,14 +168,30 @@ def produce(params: Params, layout: Layout) -> tuple[Analysis, dict]:
     return analysis, metrics
 
 
-def log_to_parent(client, parent: str, layout: Layout, metrics: dict, note: str) -> None:
-    """Summary metrics on the pipeline's parent run; the report (markdown, and HTML with its
-    figures embedded: MLflow shows markdown as text but renders HTML), metrics and plots as
-    its artifacts; ``note`` as its description, the first thing its page shows."""
+def log_to_parent(
+    client, parent: str, layout: Layout, metrics: dict, note: str, design: dict[str, str]
+) -> None:
+    """Summary metrics on the pipeline's parent run (per condition: mean, std, min, max over
+    the units and their number, so MLflow's compare view shows the spread without opening a
+    child); the design as its params; the report (markdown, and HTML with its figures
+    embedded: MLflow shows markdown as text but renders HTML), metrics and plots as its
+    artifacts; ``note`` as its description, the first thing its page shows."""
+    from mlflow.entities import Metric, Param
+
     from lymphaug.comparison import report_html
 
-    for key, value in sorted(flat_metrics(metrics).items()):
-        client.log_metric(parent, key, value)
+    now = int(time.time() * 1000)
+    client.log_batch(
+        parent,
+        metrics=[
+            Metric(key, value, now, 0) for key, value in sorted(flat_metrics(metrics).items())
+        ],
+    )
+    # params cannot change once logged: a rerun under the same parent has the same design
+    logged = client.get_run(parent).data.params
+    new = [Param(key, value) for key, value in design.items() if key not in logged]
+    if new:
+        client.log_batch(parent, params=new)
     report_md = layout.reports / "report.md"
     client.log_artifact(parent, str(report_md), "compare")
     page = report_html.render(
@@ -192,7 +209,7 @@ def log_to_parent(client, parent: str, layout: Layout, metrics: dict, note: str)
 def parent_note(analysis: Analysis, best: dict[str, str], quality: str) -> str:
     """The parent run's description (markdown): the verdicts, and where the report is."""
     lines = [
-        f"**Comparison**: {len(analysis.seeds)} seed(s) x {analysis.n_test} test images. "
+        f"**Comparison**: {analysis.design}. "
         "The whole report, figures included: Artifacts, `compare/report.html`.",
         "",
         *(f"- {condition} vs base: {line}" for condition, line in analysis.verdicts.items()),
@@ -252,10 +269,17 @@ def run(params: Params, layout: Layout, args: argparse.Namespace | None = None) 
         best = mark_best_models(client, runs, layout)
         quality = quality_summary(metrics.get("synthetic_quality"))
         note = parent_note(analysis, best, quality)
-        log_to_parent(client, parent, layout.for_fold(params.split.folds[0]), metrics, note)
+        log_to_parent(
+            client,
+            parent,
+            layout.for_fold(params.split.folds[0]),
+            metrics,
+            note,
+            analysis.design_params(),
+        )
         tracking.extend_parent(client, parent)
     print(
-        f"compare: {len(analysis.seeds)} seed(s) x {analysis.n_test} test images; report at "
+        f"compare: {analysis.design}; report at "
         f"{layout.reports / 'report.md'} (MLflow parent run {parent})"
     )
     for condition, line in analysis.verdicts.items():

@@ -201,3 +201,150 @@ def test_paired_t_mde_with_two_seeds_is_finite_and_large():
     """Two seeds (df = 1) once made scipy's non-central t return NaN and compare crash."""
     power = stats.paired_t_mde(np.array([0.0, 0.0556]), alpha=0.05)
     assert power.mde is not None and math.isfinite(power.mde) and 0.3 < power.mde < 0.6
+
+
+# --- several folds: Nadeau & Bengio's corrected resampled t-test (issue 14) ---------------
+
+FOLDS_3x2 = np.array([0, 0, 1, 1, 2, 2])
+
+
+def test_corrected_t_hand_computed():
+    """3 folds x 2 seeds, n_test/n_train = 0.25: fold means, then the corrected t by hand."""
+    diffs = np.array([0.02, 0.04, 0.06, 0.10, -0.01, 0.01])
+    # fold means 0.03, 0.08, 0.00; mean 0.11/3; sd of the three means
+    means = np.array([0.03, 0.08, 0.00])
+    sd = math.sqrt(((means - means.mean()) ** 2).sum() / 2)
+    se = math.sqrt(1 / 3 + 0.25) * sd
+    t = means.mean() / se
+    got = stats.corrected_resampled_t(diffs, FOLDS_3x2, ratio=0.25, alpha=0.05)
+    assert got.n_folds == 3 and got.mean == pytest.approx(0.11 / 3)
+    assert got.sd == pytest.approx(sd)
+    assert got.test.statistic == pytest.approx(t)
+    assert got.test.p == pytest.approx(2 * ss.t.sf(t, 2))
+    half = ss.t.ppf(0.975, 2) * se
+    assert (got.ci_low, got.ci_high) == pytest.approx((means.mean() - half, means.mean() + half))
+    # the correction only widens: ratio 0 is the plain one-sample t on the fold means
+    plain = stats.corrected_resampled_t(diffs, FOLDS_3x2, ratio=0.0, alpha=0.05)
+    assert plain.test.p == pytest.approx(ss.ttest_1samp(means, 0).pvalue)
+    assert plain.test.p < got.test.p
+    # too little to test: one fold, or folds that all differ by the same amount
+    assert (
+        stats.corrected_resampled_t(diffs[:2], FOLDS_3x2[:2], ratio=0.25, alpha=0.05).test.p is None
+    )
+    same = stats.corrected_resampled_t(np.full(6, 0.02), FOLDS_3x2, ratio=0.25, alpha=0.05)
+    assert same.test.p is None and same.ci_low is None and "same amount" in same.test.note
+
+
+def _cv_differences(rng, *, reps, k, seeds, delta, fold_sd, seed_sd, ratio):
+    """Per-unit differences of a k-fold x seeds design, ``reps`` times: fold effects with the
+    correlation overlapping training sets give them in Nadeau & Bengio's model (a shared part
+    of variance ratio x the independent part), seed noise within a fold."""
+    shared = rng.normal(0, math.sqrt(ratio) * fold_sd, size=(reps, 1, 1))
+    fold = rng.normal(0, fold_sd, size=(reps, k, 1))
+    noise = rng.normal(0, seed_sd, size=(reps, k, seeds))
+    return (delta + shared + fold + noise).reshape(reps, k * seeds)
+
+
+def test_corrected_t_holds_alpha_where_counting_every_unit_does_not():
+    """Why the seeds of a fold are averaged first: with fold-to-fold variation larger than
+    seed-to-seed, J = folds x seeds rejects a true null far too often; J = folds does not."""
+    rng = np.random.default_rng(0)
+    k, seeds, ratio = 5, 3, 75 / 225
+    draws = _cv_differences(
+        rng, reps=2000, k=k, seeds=seeds, delta=0.0, fold_sd=0.04, seed_sd=0.01, ratio=ratio
+    )
+    folds = np.repeat(np.arange(k), seeds)
+    by_fold = np.mean(
+        [
+            stats.corrected_resampled_t(d, folds, ratio=ratio, alpha=0.05).test.p < 0.05
+            for d in draws
+        ]
+    )
+    by_unit = np.mean(
+        [
+            stats.corrected_resampled_t(d, np.arange(k * seeds), ratio=ratio, alpha=0.05).test.p
+            < 0.05
+            for d in draws
+        ]
+    )
+    plain = np.mean([stats.paired_t(np.zeros(k * seeds), d).p < 0.05 for d in draws])
+    assert 0.03 < by_fold < 0.07
+    assert by_unit > 0.1 and plain > 0.3  # why the verdict does not use them
+
+
+def test_corrected_t_mde_has_the_stated_power_by_simulation():
+    """Differences drawn at the stated MDE (5 folds x 3 seeds) are detected ~80% of the time."""
+    rng = np.random.default_rng(2)
+    k, seeds, ratio = 5, 3, 0.3
+    folds = np.repeat(np.arange(k), seeds)
+    observed = _cv_differences(
+        rng, reps=1, k=k, seeds=seeds, delta=0.0, fold_sd=0.03, seed_sd=0.02, ratio=0.0
+    )[0]
+    sd = stats.fold_means(observed, folds).std(ddof=1)
+    power = stats.corrected_t_mde(observed, folds, ratio=ratio, images_per_unit="75", alpha=0.05)
+    assert power.units == 15 and power.mde is not None
+    assert power.counted == "5 folds x 3 seeds = 15 units of 75 test images"
+    # hand check against scipy's non-central t (finite at df = 4): power 0.8 at the MDE
+    nc = power.mde / (sd * math.sqrt(1 / k + ratio))
+    t_crit = ss.t.ppf(0.975, k - 1)
+    assert ss.nct.sf(t_crit, k - 1, nc) + ss.nct.cdf(-t_crit, k - 1, nc) == pytest.approx(
+        0.8, abs=1e-4
+    )
+    # simulated: fold means with exactly the observed independent sd, shared part ratio x it
+    draws = _cv_differences(
+        rng, reps=2000, k=k, seeds=1, delta=power.mde, fold_sd=sd, seed_sd=0.0, ratio=ratio
+    )
+    hits = np.mean(
+        [
+            stats.corrected_resampled_t(d, np.arange(k), ratio=ratio, alpha=0.05).test.p < 0.05
+            for d in draws
+        ]
+    )
+    assert abs(hits - 0.8) < 0.03  # 3.3 standard errors of 2000 draws
+    line = stats.power_line(power)
+    assert line.startswith("corrected resampled t-test over folds (5 folds x 3 seeds = 15 units")
+    assert "80% power at alpha 0.05" in line and "variance x (1/5 + 0.3)" in line
+    # the correction costs resolution: the same spread without it resolves less
+    assert (
+        power.mde
+        > stats.corrected_t_mde(observed, folds, ratio=0.0, images_per_unit="75", alpha=0.05).mde
+    )
+    assert (
+        "two folds"
+        in stats.corrected_t_mde(
+            observed[:3], folds[:3], ratio=ratio, images_per_unit="75", alpha=0.05
+        ).note
+    )
+
+
+def test_verdict_with_folds_uses_the_corrected_test():
+    base = np.array([0.60, 0.62, 0.58, 0.64, 0.61, 0.63])
+    aug = base + np.array([0.03, 0.05, 0.06, 0.08, 0.02, 0.04])
+    comp = stats.compare_paired(
+        "dct",
+        "accuracy",
+        base=base,
+        other=aug,
+        resamples=500,
+        alpha=0.05,
+        seed=0,
+        folds=FOLDS_3x2,
+        ratio=0.5,
+    )
+    assert comp.corrected is not None and comp.decisive is comp.corrected.test
+    assert comp.t.p < 0.05 < comp.corrected.test.p  # the plain t over units would say yes
+    line = stats.verdict(comp, None, alpha=0.05, n_test_images=30)
+    ci = f"[{100 * comp.corrected.ci_low:.1f}, {100 * comp.corrected.ci_high:.1f}]"
+    assert line.startswith(f"+4.7 points, 95% CI {ci} (corrected t), not significant at 0.05")
+    assert "corrected t p=" in line and "paired t over units p=" in line
+    assert "3 folds x 2 seeds = 6 units, 30 test images" in line
+    # one fold: no corrected test, the wording of a seeds-only design
+    one = stats.compare_paired(
+        "dct", "accuracy", base=base, other=aug, resamples=500, alpha=0.05, seed=0
+    )
+    assert one.corrected is None and one.decisive is one.t
+    assert "fold" not in stats.verdict(one, None, alpha=0.05, n_test_images=30)
+    with pytest.raises(ValueError, match="n_test / n_train"):
+        stats.compare_paired(
+            "d", "accuracy", base=base, other=aug, resamples=10, alpha=0.05, seed=0, folds=FOLDS_3x2
+        )

@@ -1,10 +1,15 @@
 """The statistics of the comparison, computed once from the paired runs (pure).
 
-:func:`analyse` turns every (condition, seed) result into per-condition summaries with
-bootstrap CIs, paired tests of each augmented condition against ``base`` (seeds paired,
-images paired for McNemar) and the verdict lines; :func:`metrics_dict` is the
+:func:`analyse` turns every (condition, fold, seed) result into per-condition summaries with
+bootstrap CIs, paired tests of each augmented condition against ``base`` (runs paired by
+(fold, seed), images paired for McNemar) and the verdict lines; :func:`metrics_dict` is the
 ``reports/metrics.json`` view of it. The report, the figures and MLflow read the same
 :class:`Analysis`, so no number is computed twice.
+
+With one fold (the quick profile) a unit is a seed and everything is as it was before
+folds existed. With k folds a unit is a (fold, seed) run scored on that fold's test images;
+across the folds every image is scored once per seed, so a seed's accuracy "over all
+images" pools its k runs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lymphaug.common.config import CompareConfig
+from lymphaug.common.metrics import macro_f1
 from lymphaug.comparison import stats
 from lymphaug.comparison.results import RunResult
 
@@ -31,47 +37,150 @@ class Analysis:
 
     conditions: list[str]
     seeds: list[int]
-    n_test: int
+    folds: list[int]
+    units: list[tuple[int, int]]  # (fold, seed): the order of every per-unit list
+    n_test: int  # test images over all folds (each scored once per seed)
+    fold_sizes: dict[int, int]  # test images of each fold
+    ratio: float | None  # n_test / n_train of a fold (mean over folds); None with one fold
+    ratio_basis: str  # where n_train came from
     classes: list[str]
-    summaries: dict[str, dict[str, stats.Summary]]  # condition -> metric -> summary
-    per_seed: dict[str, dict[str, list[float]]]  # condition -> metric -> values
+    summaries: dict[str, dict[str, stats.Summary]]  # condition -> metric -> over units
+    per_unit: dict[str, dict[str, list[float]]]  # condition -> metric -> values
+    per_seed: dict[str, dict[str, list[float]]]  # condition -> metric -> over all images
+    pooled: dict[str, float]  # condition -> accuracy over every (image, seed) prediction
     comparisons: dict[str, dict[str, stats.Comparison]]  # condition -> metric -> vs base
     mcnemar: dict[str, stats.McNemar]
     power: dict[str, list[stats.Power]]  # condition -> smallest detectable differences
     verdicts: dict[str, str]  # condition -> accuracy verdict line
     f1_verdicts: dict[str, str]
-    confusion: dict[str, np.ndarray]  # summed over seeds
+    confusion: dict[str, np.ndarray]  # summed over folds and seeds
     alpha: float
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.folds)
+
+    @property
+    def images_per_unit(self) -> str:
+        return size_range(self.fold_sizes)
+
+    @property
+    def design(self) -> str:
+        """The replication in a few words, for the console and the MLflow parent's note."""
+        seeds = f"{len(self.seeds)} seed(s)"
+        if self.n_folds == 1:
+            return f"{seeds} x {self.n_test} test images"
+        return (
+            f"{self.n_folds} folds x {seeds} = {len(self.units)} units, {self.n_test} test images"
+        )
+
+    def design_params(self) -> dict[str, str]:
+        """The design as MLflow params of the parent run (fixed by params.yaml, as the
+        parent is: its key hashes params.yaml), so runs compare by design."""
+        return {
+            "compare.n_folds": str(self.n_folds),
+            "compare.n_seeds": str(len(self.seeds)),
+            "compare.n_units": str(len(self.units)),
+        }
+
+
+def size_range(fold_sizes: dict[int, int]) -> str:
+    """Test images per unit: "75", or "74-75" when the folds' test sets differ by one."""
+    low, high = min(fold_sizes.values()), max(fold_sizes.values())
+    return str(low) if low == high else f"{low}-{high}"
+
+
+def units_of(runs: dict[str, list[RunResult]]) -> list[tuple[int, int]]:
+    """The (fold, seed) units, in the runs' order; every condition must have each once, and
+    every fold every seed (the corrected t-test averages the seeds of a fold)."""
+    conditions = list(runs)
+    units = [(run.fold, run.seed) for run in runs[conditions[0]]]
+    folds, seeds = dict.fromkeys(f for f, _ in units), dict.fromkeys(s for _, s in units)
+    if len(set(units)) != len(units) or len(units) != len(folds) * len(seeds):
+        raise ValueError(f"runs must cover every fold x seed once, got {units}")
+    for condition in conditions[1:]:
+        got = sorted((run.fold, run.seed) for run in runs[condition])
+        if got != sorted(units):
+            raise ValueError(f"{condition} has runs {got}, {conditions[0]} has {sorted(units)}")
+    return units
+
+
+def train_test_ratio(runs: list[RunResult], n_test: int) -> tuple[float, str]:
+    """n_test / n_train per fold, averaged: the term Nadeau & Bengio's variance adds.
+
+    n_train is the real training images each run recorded (train's metrics.json); a run
+    without it counts every image outside its test fold, an upper bound (validation
+    images included), so the correction is then slightly too small, and the report says so.
+    """
+    by_fold: dict[int, float] = {}
+    recorded = all(run.n_train for run in runs)
+    for run in runs:
+        n_train = run.n_train if recorded else n_test - len(run.paths)
+        by_fold.setdefault(run.fold, len(run.paths) / n_train)
+    basis = (
+        "n_train = the real training images of each fold (train's metrics.json)"
+        if recorded
+        else "n_train not recorded by the runs: counted as every image outside the test fold "
+        "(validation included), which makes the correction slightly too small"
+    )
+    return float(np.mean(list(by_fold.values()))), basis
 
 
 def analyse(runs: dict[str, list[RunResult]], classes: list[str], cfg: CompareConfig) -> Analysis:
     """All statistics of the report from already paired-checked runs (pure)."""
     n_classes = len(classes)
     conditions = list(runs)
-    seeds = [run.seed for run in runs[conditions[0]]]
-    per_seed = {
+    units = units_of(runs)
+    folds = list(dict.fromkeys(f for f, _ in units))
+    seeds = list(dict.fromkeys(s for _, s in units))
+    ordered = {  # every condition's runs in the order of ``units``
+        condition: sorted(cond_runs, key=lambda run: units.index((run.fold, run.seed)))
+        for condition, cond_runs in runs.items()
+    }
+    per_unit = {
         condition: {
             "accuracy": [run.accuracy for run in cond_runs],
             "macro_f1": [run.macro_f1(n_classes) for run in cond_runs],
         }
-        for condition, cond_runs in runs.items()
+        for condition, cond_runs in ordered.items()
+    }
+    per_seed = {  # each seed's runs pooled over the folds: every test image once
+        condition: {
+            "accuracy": [
+                float(np.concatenate([r.correct for r in cond_runs if r.seed == seed]).mean())
+                for seed in seeds
+            ],
+            "macro_f1": [
+                macro_f1(sum(r.confusion(n_classes) for r in cond_runs if r.seed == seed))
+                for seed in seeds
+            ],
+        }
+        for condition, cond_runs in ordered.items()
+    }
+    pooled = {
+        condition: float(np.concatenate([run.correct for run in cond_runs]).mean())
+        for condition, cond_runs in ordered.items()
     }
     summaries = {
         condition: {
             metric: stats.summarise(
                 np.array(values), resamples=cfg.bootstrap_resamples, alpha=cfg.alpha, seed=cfg.seed
             )
-            for metric, values in per_seed[condition].items()
+            for metric, values in per_unit[condition].items()
         }
         for condition in conditions
     }
+    first = ordered[conditions[0]]
+    fold_sizes = {run.fold: len(run.paths) for run in first}
+    n_test = sum(fold_sizes.values())
+    ratio, ratio_basis = (None, "") if len(folds) < 2 else train_test_ratio(first, n_test)
+    unit_folds = np.array([f for f, _ in units])
     comparisons: dict[str, dict[str, stats.Comparison]] = {}
     mcnemar: dict[str, stats.McNemar] = {}
     power: dict[str, list[stats.Power]] = {}
     verdicts, f1_verdicts = {}, {}
-    n_test = len(runs[conditions[0]][0].paths)
     if "base" in runs:
-        base_runs = runs["base"]
+        base_runs = ordered["base"]
         for condition in conditions:
             if condition == "base":
                 continue
@@ -79,25 +188,36 @@ def analyse(runs: dict[str, list[RunResult]], classes: list[str], cfg: CompareCo
                 metric: stats.compare_paired(
                     condition,
                     metric,
-                    base=np.array(per_seed["base"][metric]),
-                    other=np.array(per_seed[condition][metric]),
+                    base=np.array(per_unit["base"][metric]),
+                    other=np.array(per_unit[condition][metric]),
                     resamples=cfg.bootstrap_resamples,
                     alpha=cfg.alpha,
                     seed=cfg.seed,
+                    folds=unit_folds,
+                    ratio=ratio,
                 )
                 for metric in METRICS
             }
-            # pooled per-image pairs, paired by (seed, image): runs are in seed order
+            # per-image pairs pooled over folds and seeds, paired by (fold, seed, image):
+            # both lists are in unit order, so each image appears once per seed
             mcnemar[condition] = stats.mcnemar(
                 np.concatenate([run.correct for run in base_runs]),
-                np.concatenate([run.correct for run in runs[condition]]),
+                np.concatenate([run.correct for run in ordered[condition]]),
             )
-            # what this design could have detected, from the spread it observed
+            # what this design could have detected, by the verdict's test, from the spread
+            # it observed
             mc = mcnemar[condition]
+            diffs = np.array(per_unit[condition]["accuracy"]) - np.array(
+                per_unit["base"]["accuracy"]
+            )
             power[condition] = [
-                stats.paired_t_mde(
-                    np.array(per_seed[condition]["accuracy"])
-                    - np.array(per_seed["base"]["accuracy"]),
+                stats.paired_t_mde(diffs, alpha=cfg.alpha)
+                if ratio is None
+                else stats.corrected_t_mde(
+                    diffs,
+                    unit_folds,
+                    ratio=ratio,
+                    images_per_unit=size_range(fold_sizes),
                     alpha=cfg.alpha,
                 ),
                 stats.mcnemar_mde(mc.n_pairs, mc.b + mc.c, alpha=cfg.alpha),
@@ -113,15 +233,22 @@ def analyse(runs: dict[str, list[RunResult]], classes: list[str], cfg: CompareCo
             )
     confusion = {
         condition: sum(run.confusion(n_classes) for run in cond_runs)
-        for condition, cond_runs in runs.items()
+        for condition, cond_runs in ordered.items()
     }
     return Analysis(
         conditions=conditions,
         seeds=seeds,
+        folds=folds,
+        units=units,
         n_test=n_test,
+        fold_sizes=fold_sizes,
+        ratio=ratio,
+        ratio_basis=ratio_basis,
         classes=classes,
         summaries=summaries,
+        per_unit=per_unit,
         per_seed=per_seed,
+        pooled=pooled,
         comparisons=comparisons,
         mcnemar=mcnemar,
         power=power,
@@ -144,21 +271,31 @@ def metrics_dict(analysis: Analysis, quality: QualityReport | None) -> dict:
     """reports/metrics.json: flat enough for `dvc metrics show`, no NaN."""
     out: dict = {
         "n_seeds": len(analysis.seeds),
+        "n_folds": analysis.n_folds,
+        "n_units": len(analysis.units),
         "n_test_images": analysis.n_test,
         "conditions": {},
     }
     for condition in analysis.conditions:
-        entry = {}
+        # mean, spread and range over the (fold, seed) units: MLflow's compare view shows
+        # them on the parent run without opening a child
+        entry: dict = {"n_units": len(analysis.units)}
         for metric, summary in analysis.summaries[condition].items():
+            values = analysis.per_unit[condition][metric]
             entry[f"{metric}_mean"] = _num(summary.mean)
             entry[f"{metric}_std"] = _num(summary.std)
+            entry[f"{metric}_min"] = _num(min(values))
+            entry[f"{metric}_max"] = _num(max(values))
             entry[f"{metric}_ci_low"] = _num(summary.ci_low)
             entry[f"{metric}_ci_high"] = _num(summary.ci_high)
+        if analysis.n_folds > 1:
+            entry["accuracy_pooled"] = _num(analysis.pooled[condition])
         out["conditions"][condition] = entry
     out["vs_base"] = {}
     for condition, comps in analysis.comparisons.items():
         acc, f1, mcn = comps["accuracy"], comps["macro_f1"], analysis.mcnemar[condition]
-        out["vs_base"][condition] = {
+        decisive = acc.decisive
+        entry = {
             "accuracy_diff": _num(acc.diff.mean),
             "accuracy_diff_ci_low": _num(acc.diff.ci_low),
             "accuracy_diff_ci_high": _num(acc.diff.ci_high),
@@ -168,10 +305,17 @@ def metrics_dict(analysis: Analysis, quality: QualityReport | None) -> dict:
             "p_mcnemar": _num(mcn.p),
             "cohens_dz": _num(acc.dz),
             "mcnemar_odds_ratio": _num(mcn.odds_ratio),
-            "significant": bool(acc.t.p is not None and acc.t.p < analysis.alpha),
-            "mde_paired_t": _num(analysis.power[condition][0].mde),
-            "mde_mcnemar": _num(analysis.power[condition][1].mde),
+            "significant": bool(decisive.p is not None and decisive.p < analysis.alpha),
         }
+        if acc.corrected is not None:  # several folds: the verdict's test and its CI
+            entry["p_corrected_t"] = _num(acc.corrected.test.p)
+            entry["corrected_ci_low"] = _num(acc.corrected.ci_low)
+            entry["corrected_ci_high"] = _num(acc.corrected.ci_high)
+            entry["mde_corrected_t"] = _num(analysis.power[condition][0].mde)
+        else:
+            entry["mde_paired_t"] = _num(analysis.power[condition][0].mde)
+        entry["mde_mcnemar"] = _num(analysis.power[condition][1].mde)
+        out["vs_base"][condition] = entry
     if quality is not None:
         validation = quality.validation
         out["synthetic_quality"] = {

@@ -81,6 +81,122 @@ def budget_line(params: Params, layout: Layout, conditions: list[str]) -> str:
     )
 
 
+def _design_lines(analysis: Analysis, *, seed_list: str, noun: str) -> list[str]:
+    """What was replicated: seeds on one split, or folds x seeds covering every image."""
+    n_seeds, n_test = len(analysis.seeds), analysis.n_test
+    classes = f"Classes: {', '.join(analysis.classes)}."
+    seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
+    if analysis.n_folds == 1:
+        return [
+            f"- **{seeds}** ({seed_list}) per condition, each scored on the same **{n_test} "
+            f"{noun} test images** ({n_seeds * n_test} paired image predictions per "
+            f"comparison). {classes}"
+        ]
+    k, n_units, per_unit = analysis.n_folds, len(analysis.units), analysis.images_per_unit
+    return [
+        f"- Design: **{k}-fold cross-validation x {seeds}** ({seed_list}) = **{n_units} "
+        f"(fold, seed) units** per condition, each trained without its fold's test images "
+        f"and scored on them ({per_unit} images per unit). Across the folds every one of the "
+        f"**{n_test} {noun} test images** is scored once per seed ({n_seeds * n_test} paired "
+        f"image predictions per comparison). {classes}"
+    ]
+
+
+def _per_unit_image(analysis: Analysis) -> str:
+    """With folds, one image weighs more in a unit's accuracy than in the pooled one."""
+    if analysis.n_folds == 1:
+        return ""
+    smallest = min(analysis.fold_sizes.values())
+    return f" of the pooled accuracy, up to {100 / smallest:.1f} of one unit's"
+
+
+def _results_table(analysis: Analysis, *, conf: int) -> list[str]:
+    """Per condition: mean and spread over the units, and (with folds) over all images."""
+    folds = analysis.n_folds > 1
+    over = "the (fold, seed) units" if folds else "seeds"
+    lines = [f"Mean ± std over {over} [{conf}% bootstrap CI of the mean], in percent."]
+    if folds:
+        lines[0] += (
+            " Pooled: every (image, seed) prediction over all folds; per seed: that seed's "
+            "folds together, every image once. The bootstrap treats the units as "
+            "independent, which they are not (see the paired comparisons): read the CIs "
+            "there."
+        )
+    lines += [
+        "",
+        "| condition | "
+        + ("accuracy pooled | accuracy per unit | " if folds else "accuracy | ")
+        + "macro-F1 | accuracy per seed"
+        + (" (all images)" if folds else "")
+        + " |",
+        "|---|---|---|---|" + ("---|" if folds else ""),
+    ]
+    for condition in analysis.conditions:
+        summary = analysis.summaries[condition]
+        per_seed = ", ".join(_pct(v) for v in analysis.per_seed[condition]["accuracy"])
+        pooled = f"{_pct(analysis.pooled[condition])} | " if folds else ""
+        lines.append(
+            f"| {condition} | {pooled}{_summary_cell(summary['accuracy'])} "
+            f"| {_summary_cell(summary['macro_f1'])} | {per_seed} |"
+        )
+    return lines
+
+
+def _reading(analysis: Analysis) -> list[str]:
+    """How to read the paired comparisons: each test, why it is there, what it assumes."""
+    wilcoxon = (
+        f"(`scipy.stats.wilcoxon`, zero_method='{stats.WILCOXON_ZERO_METHOD}': zero "
+        "differences are ranked then dropped); p by enumerating every sign flip of the tied "
+        f"ranks (exact given ties) up to {stats.WILCOXON_EXACT_MAX_N} "
+        f"{'seeds' if analysis.n_folds == 1 else 'units'}, normal approximation above."
+    )
+    mcnemar = (
+        "b = images base got right and the condition wrong, c = the reverse. Exact binomial "
+        f"below {stats.MCNEMAR_EXACT_BELOW} discordant pairs, else chi-square with "
+        "continuity correction. It treats each (seed, image) pair as independent although "
+        "the same image recurs across seeds, so it overstates the evidence relative to the "
+        "seed-level tests; a large odds ratio c/b favours the condition."
+    )
+    if analysis.n_folds == 1:
+        return [
+            "- Δ and its CI: per-seed differences (seed *s* of a condition minus seed *s* of "
+            "base; both share the split and the seed), percentile bootstrap of their mean.",
+            "- Paired t-test (`scipy.stats.ttest_rel`, two-sided) on those differences decides "
+            "the verdict: seeds are the unit of replication.",
+            f"- Wilcoxon signed-rank {wilcoxon}",
+            f"- McNemar on the per-image predictions pooled over seeds, paired by (seed, image): "
+            f"{mcnemar}",
+            "- Cohen's d_z = mean / std of the per-seed differences (n/a with fewer than two "
+            "seeds or identical differences).",
+        ]
+    k = analysis.n_folds
+    return [
+        "- Δ: the mean of the per-unit differences (fold *f*, seed *s* of a condition minus "
+        "the same of base: same training and test images, same seed).",
+        f"- The corrected resampled t-test (Nadeau & Bengio 2003) decides the verdict, and "
+        f"gives the CI: t = mean / sqrt((1/J + n_test/n_train) s²) with J - 1 degrees of "
+        f"freedom over the J = {k} folds, s the sd of the per-fold differences (each fold's "
+        f"seeds averaged first). Why: the {k} classifiers of a seed are trained on "
+        f"overlapping images (any two folds' training sets share about "
+        f"{100 * (k - 2) / (k - 1):.0f}% of their images), so their scores are correlated "
+        "and the plain 1/J variance is too small; the n_test/n_train term (here "
+        f"{analysis.ratio:.3g}; {analysis.ratio_basis}) corrects for it. Why folds and "
+        "not every (fold, seed) unit as J: a fold's seeds share its training and test "
+        "images, so they are not separate resamples of the data (counted as such the test "
+        "rejects too often when folds differ more than seeds do).",
+        "- The paired t-test (`scipy.stats.ttest_rel`) and the Wilcoxon signed-rank over "
+        "the (fold, seed) units are shown for reference only: they treat the units as "
+        "independent, which overlapping training sets and shared test images make them "
+        "not, so their p-values are too small.",
+        f"- Wilcoxon signed-rank {wilcoxon}",
+        "- McNemar on the per-image predictions pooled over folds and seeds, paired by (seed, "
+        "image): every image is in exactly one test fold, so each seed contributes one "
+        "prediction per image; the seeds are pooled as separate (seed, image) pairs, not "
+        f"voted into one. {mcnemar}",
+        "- Cohen's d_z = mean / std of the per-unit differences (n/a with identical differences).",
+    ]
+
+
 def render(
     analysis: Analysis,
     quality: QualityReport | None,
@@ -95,7 +211,6 @@ def render(
     ``quality_skipped`` says why. Figures are linked relatively, as ``compare/*.png``.
     """
     conf = int(round(100 * (1 - analysis.alpha)))
-    n_seeds = len(analysis.seeds)
     n_test = analysis.n_test
     train = params.train
     conditions = ", ".join(f"`{condition}`" for condition in analysis.conditions)
@@ -131,24 +246,23 @@ def render(
         f"{train.epochs} epochs, {pipeline}; the test-set numbers come from the "
         "epoch with the best validation accuracy.",
         f"- Budget: {budget_line(params, layout, analysis.conditions)}",
-        f"- **{n_seeds} seed{'s' if n_seeds != 1 else ''}** ({seed_list}) "
-        f"per condition, each scored on the same **{n_test} {noun} test images** "
-        f"({n_seeds * n_test} paired image predictions per comparison). Classes: "
-        f"{', '.join(analysis.classes)}.",
-        f"- One test image is {100 / n_test:.1f} accuracy points; significance level "
-        f"{analysis.alpha:g}; {params.compare.bootstrap_resamples} bootstrap resamples "
-        f"(seed {params.compare.seed}).",
+        *_design_lines(analysis, seed_list=seed_list, noun=noun),
+        f"- One test image is {100 / n_test:.1f} accuracy points{_per_unit_image(analysis)}; "
+        f"significance level {analysis.alpha:g}; {params.compare.bootstrap_resamples} "
+        f"bootstrap resamples (seed {params.compare.seed}).",
     ]
-    if n_seeds < 2:
+    n_units = len(analysis.units)
+    unit = "seed" if analysis.n_folds == 1 else "(fold, seed) unit"
+    if n_units < 2:
         lines.append(
             "- **Only one seed: the seed-level tests (paired t, Wilcoxon) and the confidence "
             "intervals need at least two seeds.** Only McNemar's per-image test is reported."
         )
-    if n_seeds < 6:
+    if n_units < 6:
         lines.append(
-            f"- With {n_seeds} seed{'s' if n_seeds != 1 else ''}, the exact Wilcoxon test "
+            f"- With {n_units} {unit}{'s' if n_units != 1 else ''}, the exact Wilcoxon test "
             f"cannot reach p < 0.05 whatever the data (smallest possible p = "
-            f"{stats.wilcoxon_min_p(n_seeds):.3g}; six seeds are the minimum)."
+            f"{stats.wilcoxon_min_p(n_units):.3g}; six {unit}s are the minimum)."
         )
     lines += ["", "## Verdicts (accuracy, augmented minus base)", ""]
     if not analysis.verdicts:
@@ -168,36 +282,27 @@ def render(
         for condition, powers in analysis.power.items():
             lines += [f"- {condition}: " + "; ".join(stats.power_line(p) for p in powers)]
 
-    lines += [
-        "",
-        "## Test-set results per condition",
-        "",
-        f"Mean ± std over seeds [{conf}% bootstrap CI of the mean], in percent.",
-        "",
-        "| condition | accuracy | macro-F1 | accuracy per seed |",
-        "|---|---|---|---|",
-    ]
-    for condition in analysis.conditions:
-        summary = analysis.summaries[condition]
-        per_seed = ", ".join(_pct(v) for v in analysis.per_seed[condition]["accuracy"])
-        lines.append(
-            f"| {condition} | {_summary_cell(summary['accuracy'])} "
-            f"| {_summary_cell(summary['macro_f1'])} | {per_seed} |"
-        )
+    lines += ["", "## Test-set results per condition", ""]
+    lines += _results_table(analysis, conf=conf)
     if analysis.comparisons:
+        folds = analysis.n_folds > 1
         lines += [
             "",
             "## Paired comparisons against base",
             "",
-            f"| condition | Δ accuracy (points) [{conf}% CI] | paired t p | Wilcoxon p | "
-            "Cohen's d_z | McNemar b / c | McNemar p | odds ratio c/b |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| condition | Δ accuracy (points) [{conf}% CI{', corrected t' if folds else ''}] | "
+            + ("corrected t p | paired t p (units) | Wilcoxon p (units) | " if folds else "")
+            + ("" if folds else "paired t p | Wilcoxon p | ")
+            + "Cohen's d_z | McNemar b / c | McNemar p | odds ratio c/b |",
+            "|---|---|---|---|---|---|---|---|" + ("---|" if folds else ""),
         ]
         for condition, comps in analysis.comparisons.items():
             acc, mcn = comps["accuracy"], analysis.mcnemar[condition]
+            ci = acc.corrected if acc.corrected is not None else acc.diff
+            corrected = f" | {format_p(acc.corrected.test.p)}" if acc.corrected else ""
             lines.append(
                 f"| {condition} | {100 * acc.diff.mean:+.1f} "
-                f"[{_pct(acc.diff.ci_low)}, {_pct(acc.diff.ci_high)}]"
+                f"[{_pct(ci.ci_low)}, {_pct(ci.ci_high)}]{corrected}"
                 f" | {format_p(acc.t.p)} | {format_p(acc.wilcoxon.p)} | {_f(acc.dz, '.2f')} "
                 f"| {mcn.b} / {mcn.c} | {format_p(mcn.p)} ({mcn.method}) "
                 f"| {_f(mcn.odds_ratio, '.2f')} |"
@@ -206,29 +311,16 @@ def render(
             {
                 f"{condition}: {test.note}"
                 for condition, comps in analysis.comparisons.items()
-                for test in (comps["accuracy"].t, comps["accuracy"].wilcoxon)
+                for test in (
+                    comps["accuracy"].t,
+                    comps["accuracy"].wilcoxon,
+                    *([comps["accuracy"].corrected.test] if comps["accuracy"].corrected else []),
+                )
                 if test.note
             }
         )
         lines += ["", "How to read it:", ""]
-        lines += [
-            "- Δ and its CI: per-seed differences (seed *s* of a condition minus seed *s* of "
-            "base; both share the split and the seed), percentile bootstrap of their mean.",
-            "- Paired t-test (`scipy.stats.ttest_rel`, two-sided) on those differences decides "
-            "the verdict: seeds are the unit of replication.",
-            f"- Wilcoxon signed-rank (`scipy.stats.wilcoxon`, zero_method='"
-            f"{stats.WILCOXON_ZERO_METHOD}': zero differences are ranked then dropped); p "
-            f"by enumerating every sign flip of the tied ranks (exact given ties) up to "
-            f"{stats.WILCOXON_EXACT_MAX_N} seeds, normal approximation above.",
-            "- McNemar on the per-image predictions pooled over seeds, paired by (seed, image): "
-            "b = images base got right and the condition wrong, c = the reverse. Exact binomial "
-            f"below {stats.MCNEMAR_EXACT_BELOW} discordant pairs, else chi-square with "
-            "continuity correction. It treats each (seed, image) pair as independent although "
-            "the same image recurs across seeds, so it overstates the evidence relative to the "
-            "seed-level tests; a large odds ratio c/b favours the condition.",
-            "- Cohen's d_z = mean / std of the per-seed differences (n/a with fewer than two "
-            "seeds or identical differences).",
-        ]
+        lines += _reading(analysis)
         lines += [f"- Note — {note}" for note in notes]
 
     lines += [

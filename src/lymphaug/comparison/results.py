@@ -8,8 +8,8 @@ Contract (written by ``lymphaug train`` under
   macro-F1 and the confusion matrix are recomputed from these rows, so every number
   in the report traces back to per-image predictions.
 - ``history.csv``: epoch, train_loss, train_acc, val_loss, val_acc (fractions).
-- ``metrics.json``: read for the best epoch, the fold and the sha256 of the fold's split
-  file (optional keys: older runs lack them).
+- ``metrics.json``: read for the best epoch, n_train, the fold and the sha256 of the fold's
+  split file (optional keys: older runs lack them).
 
 Pairing is the point of the comparison, so any difference in the set of test
 images between conditions or seeds of one fold is refused rather than silently
@@ -49,6 +49,7 @@ class RunResult:
     epochs: np.ndarray
     val_accuracy: np.ndarray  # fractions
     best_epoch: int | None
+    n_train: int | None = None  # real training images (metrics.json): the corrected t's n_train
     split_sha256: str | None = None  # the fold's split file it trained on (metrics.json)
 
     @property
@@ -130,7 +131,7 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
     predicted = _as_index(pred["predicted"], classes, source=pred_path, column="predicted")
 
     epochs, val_acc = _read_history(folder / "history.csv")
-    best_epoch, split_sha256 = None, None
+    best_epoch = n_train = split_sha256 = None
     metrics_path = folder / "metrics.json"
     if metrics_path.is_file():
         try:
@@ -140,6 +141,8 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
         metrics = metrics if isinstance(metrics, dict) else {}
         value = metrics.get("best_epoch")
         best_epoch = int(value) if isinstance(value, int | float) else None
+        value = metrics.get("n_train")
+        n_train = int(value) if isinstance(value, int | float) else None
         recorded = metrics.get("fold", layout.fold)
         if recorded != layout.fold:
             raise DataError(
@@ -157,6 +160,7 @@ def read_run(layout: Layout, condition: str, seed: int, classes: list[str]) -> R
         epochs=epochs,
         val_accuracy=val_acc,
         best_epoch=best_epoch,
+        n_train=n_train,
         split_sha256=split_sha256,
     )
 

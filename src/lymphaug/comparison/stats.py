@@ -9,6 +9,14 @@ McNemar's test on the per-image predictions (pooled over seeds, paired by
 power; it ignores seed-to-seed variation and so answers a narrower question
 ("on these test images, do the two conditions disagree in a lopsided way?").
 
+With k >= 2 cross-validation folds the unit of replication is a (fold, seed) run, and the
+units are not independent: every fold's classifier is trained on images that are in the
+other folds' training sets, and the seeds of one fold share its training and test images.
+A plain paired t-test over such units understates the variance of the mean difference, so
+the verdict uses Nadeau & Bengio's (2003) corrected resampled t-test over the folds
+(:func:`corrected_resampled_t`), the seeds of a fold averaged first; the plain paired t
+and Wilcoxon over the units stay in the report with that caveat.
+
 Every function states its choices (zero_method, exact vs asymptotic) in its
 return value so the report can print them, instead of leaving them implicit.
 """
@@ -216,16 +224,101 @@ def cohens_dz(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Corrected:
+    """Nadeau & Bengio's corrected resampled t-test over folds, with its confidence interval.
+
+    ``ratio`` is n_test / n_train (mean over folds), the term the variance is inflated by;
+    ``sd`` the standard deviation of the per-fold mean differences. The CI is None when the
+    test cannot run (fewer than two folds, or differences that do not vary).
+    """
+
+    test: TestResult
+    n_folds: int
+    ratio: float
+    mean: float
+    sd: float | None
+    ci_low: float | None
+    ci_high: float | None
+
+
+def fold_means(diffs: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Per-unit differences averaged within each fold (folds in sorted order).
+
+    The seeds of one fold share its training and test images, so they are one resample of
+    the data, not several: their mean is that fold's score (the learner being "train with
+    each seed"), which is what Nadeau & Bengio's correction is derived for.
+    """
+    diffs, folds = np.asarray(diffs, dtype=np.float64), np.asarray(folds)
+    if diffs.shape != folds.shape:
+        raise ValueError("one fold index per difference")
+    return np.array([diffs[folds == fold].mean() for fold in np.unique(folds)])
+
+
+def nadeau_bengio_inflation(n_folds: int, ratio: float) -> float:
+    """The corrected variance factor 1/J + n_test/n_train (J resamples, here folds).
+
+    The plain 1/J assumes independent resamples; the folds' training sets overlap, which
+    correlates their scores with correlation about n_test / (n_test + n_train), and the
+    added n_test/n_train term accounts for it (Nadeau & Bengio 2003, eq. for the corrected
+    resampled t)."""
+    return 1.0 / n_folds + ratio
+
+
+def corrected_resampled_t(
+    diffs: np.ndarray, folds: np.ndarray, *, ratio: float, alpha: float
+) -> Corrected:
+    """Two-sided corrected resampled t-test and CI on the per-fold mean differences.
+
+    t = mean / sqrt((1/J + n_test/n_train) * s^2), J folds, s the sd of the fold means,
+    J - 1 degrees of freedom; the CI is mean -/+ t(1 - alpha/2, J - 1) * that standard error.
+    Why the fold means and not every (fold, seed) unit as its own resample: units of one
+    fold share the test set, so J = folds x seeds overstates the independent information
+    (tests/comparison/test_stats.py measures its type I error above alpha when the folds
+    differ more than the seeds do); with one seed the two are the same.
+    """
+    means = fold_means(diffs, folds)
+    n_folds = int(means.size)
+    method = (
+        "corrected resampled t-test (Nadeau & Bengio 2003) over folds, "
+        "variance x (1/J + n_test/n_train)"
+    )
+    mean = float(means.mean()) if n_folds else math.nan
+    result = partial(Corrected, n_folds=n_folds, ratio=ratio, mean=mean)
+    if n_folds < 2:
+        test = TestResult(p=None, statistic=None, method=method, note="needs at least two folds")
+        return result(test=test, sd=None, ci_low=None, ci_high=None)
+    sd = float(means.std(ddof=1))
+    if sd == 0:
+        note = "all differences are zero" if mean == 0 else "every fold differs by the same amount"
+        test = TestResult(p=1.0 if mean == 0 else None, statistic=None, method=method, note=note)
+        return result(test=test, sd=sd, ci_low=None, ci_high=None)
+    se = math.sqrt(nadeau_bengio_inflation(n_folds, ratio)) * sd
+    statistic = mean / se
+    df = n_folds - 1
+    p = float(2 * stats.t.sf(abs(statistic), df))
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+    test = TestResult(p=p, statistic=float(statistic), method=method)
+    return result(test=test, sd=sd, ci_low=mean - half, ci_high=mean + half)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Comparison:
     """One augmented condition against base, on one metric (values as fractions)."""
 
     condition: str
     metric: str
-    n_seeds: int
-    diff: Summary  # of the per-seed differences (condition - base)
-    t: TestResult
+    n_units: int  # paired runs: seeds, or (fold, seed) units with several folds
+    n_folds: int
+    diff: Summary  # of the per-unit differences (condition - base)
+    t: TestResult  # plain paired t over the units
     wilcoxon: TestResult
     dz: float | None
+    corrected: Corrected | None  # over folds; None with one fold
+
+    @property
+    def decisive(self) -> TestResult:
+        """The test the verdict decides by: corrected over folds, else paired t over seeds."""
+        return self.corrected.test if self.corrected is not None else self.t
 
 
 def compare_paired(
@@ -237,22 +330,36 @@ def compare_paired(
     resamples: int,
     alpha: float,
     seed: int,
+    folds: np.ndarray | None = None,
+    ratio: float | None = None,
 ) -> Comparison:
-    """``other`` against ``base``, seed by seed: every seed-level test of one verdict in one
-    value, so the table and the verdict line cannot disagree about the numbers."""
+    """``other`` against ``base``, unit by unit: every test of one verdict in one value, so
+    the table and the verdict line cannot disagree about the numbers.
+
+    ``folds``: the fold of each unit; with two or more folds the corrected resampled t-test
+    over them is added (``ratio`` = n_test / n_train) and decides the verdict.
+    """
     base = np.asarray(base, dtype=np.float64)
     other = np.asarray(other, dtype=np.float64)
     if base.shape != other.shape:
-        raise ValueError(f"{condition}: {metric} over {other.size} seeds vs base {base.size}")
-    diff = summarise(other - base, resamples=resamples, alpha=alpha, seed=seed)
+        raise ValueError(f"{condition}: {metric} over {other.size} units vs base {base.size}")
+    folds = np.zeros(base.size, np.int64) if folds is None else np.asarray(folds)
+    n_folds = int(np.unique(folds).size)
+    corrected = None
+    if n_folds > 1:
+        if ratio is None:
+            raise ValueError("several folds need n_test / n_train for the corrected t-test")
+        corrected = corrected_resampled_t(other - base, folds, ratio=ratio, alpha=alpha)
     return Comparison(
         condition=condition,
         metric=metric,
-        n_seeds=int(base.size),
-        diff=diff,
+        n_units=int(base.size),
+        n_folds=n_folds,
+        diff=summarise(other - base, resamples=resamples, alpha=alpha, seed=seed),
         t=paired_t(base, other),
         wilcoxon=wilcoxon(base, other, alpha=alpha),
         dz=cohens_dz(base, other),
+        corrected=corrected,
     )
 
 
@@ -267,10 +374,12 @@ class Power:
     ``mde`` is a fraction (accuracy points / 100), None with ``note`` saying why it cannot
     be estimated. It rests on the spread this run observed (``basis``), so it is itself an
     estimate: with few units it is a rough one, which is the point of printing it.
+    ``counted`` says what the units are ("3 seeds", "18 pairs", "5 folds x 3 seeds ...").
     """
 
     test: str
     units: int
+    counted: str
     alpha: float
     power: float
     mde: float | None
@@ -293,15 +402,36 @@ def _t_test_power(nc: float, *, df: int, t_crit: float) -> float:
     return value
 
 
-def paired_t_mde(diffs: np.ndarray, *, alpha: float, power: float = POWER) -> Power:
-    """Smallest mean difference a two-sided paired t-test detects, from the observed spread.
+def _t_mde(sd: float, *, n: int, inflation: float, alpha: float, power: float) -> float:
+    """The mean difference a two-sided t-test on ``n`` values (n - 1 degrees of freedom,
+    standard error sd * sqrt(inflation)) detects with ``power``: exact under normal values,
+    from the non-central t with non-centrality delta / (sd * sqrt(inflation))."""
+    df = n - 1
+    t_crit = float(stats.t.ppf(1 - alpha / 2, df))
+    se = sd * math.sqrt(inflation)
 
-    Exact under normal differences: the non-central t with n - 1 degrees of freedom and
-    non-centrality delta * sqrt(n) / sd, solved for delta.
-    """
+    def shortfall(delta: float) -> float:
+        return _t_test_power(delta / se, df=df, t_crit=t_crit) - power
+
+    high = sd
+    while shortfall(high) < 0:
+        high *= 2
+    return float(optimize.brentq(shortfall, 0.0, high, xtol=1e-6 * sd))
+
+
+def paired_t_mde(diffs: np.ndarray, *, alpha: float, power: float = POWER) -> Power:
+    """Smallest mean difference a two-sided paired t-test over seeds detects, from the
+    observed spread of the per-seed differences (standard error sd / sqrt(n))."""
     diffs = np.asarray(diffs, dtype=np.float64)
     n = int(diffs.size)
-    sized = partial(Power, test="paired t-test over seeds", units=n, alpha=alpha, power=power)
+    sized = partial(
+        Power,
+        test="paired t-test over seeds",
+        units=n,
+        counted=f"{n} seeds",
+        alpha=alpha,
+        power=power,
+    )
     if n < 2:
         return sized(mde=None, basis="", note="needs at least two seeds")
     sd = float(diffs.std(ddof=1))
@@ -310,17 +440,54 @@ def paired_t_mde(diffs: np.ndarray, *, alpha: float, power: float = POWER) -> Po
         return sized(
             mde=None, basis=basis, note="the differences do not vary: no spread to size a test on"
         )
-    df = n - 1
-    t_crit = float(stats.t.ppf(1 - alpha / 2, df))
+    return sized(mde=_t_mde(sd, n=n, inflation=1 / n, alpha=alpha, power=power), basis=basis)
 
-    def shortfall(delta: float) -> float:
-        return _t_test_power(delta * math.sqrt(n) / sd, df=df, t_crit=t_crit) - power
 
-    high = sd
-    while shortfall(high) < 0:
-        high *= 2
-    delta = float(optimize.brentq(shortfall, 0.0, high, xtol=1e-6 * sd))
-    return sized(mde=delta, basis=basis)
+def corrected_t_mde(
+    diffs: np.ndarray,
+    folds: np.ndarray,
+    *,
+    ratio: float,
+    images_per_unit: str,
+    alpha: float,
+    power: float = POWER,
+) -> Power:
+    """Smallest mean difference :func:`corrected_resampled_t` detects with ``power``.
+
+    The same non-central t as the paired test, on the J fold means with J - 1 degrees of
+    freedom and standard error sd * sqrt(1/J + n_test/n_train): exact when the fold scores
+    are equicorrelated normals with the correlation the correction assumes (the test in
+    tests/comparison/test_stats.py simulates that). More seeds shrink it through a smaller
+    sd of the fold means; more folds through both J and the degrees of freedom.
+    """
+    means = fold_means(diffs, folds)
+    n_folds, n_units = int(means.size), int(np.asarray(diffs).size)
+    per_fold = n_units // max(n_folds, 1)
+    sized = partial(
+        Power,
+        test="corrected resampled t-test over folds",
+        units=n_units,
+        counted=(
+            f"{n_folds} folds x {per_fold} seed{'s' if per_fold != 1 else ''} = "
+            f"{n_units} units of {images_per_unit} test images"
+        ),
+        alpha=alpha,
+        power=power,
+    )
+    if n_folds < 2:
+        return sized(mde=None, basis="", note="needs at least two folds")
+    sd = float(means.std(ddof=1))
+    inflation = nadeau_bengio_inflation(n_folds, ratio)
+    basis = (
+        f"sd of the per-fold mean differences {100 * sd:.1f} points, variance x "
+        f"(1/{n_folds} + {ratio:.3g})"
+    )
+    if sd == 0:
+        return sized(
+            mde=None, basis=basis, note="the differences do not vary: no spread to size a test on"
+        )
+    mde = _t_mde(sd, n=n_folds, inflation=inflation, alpha=alpha, power=power)
+    return sized(mde=mde, basis=basis)
 
 
 def mcnemar_mde(n_pairs: int, n_discordant: int, *, alpha: float, power: float = POWER) -> Power:
@@ -330,7 +497,12 @@ def mcnemar_mde(n_pairs: int, n_discordant: int, *, alpha: float, power: float =
     sqrt(n) * d = z(1 - alpha/2) * sqrt(p_d) + z(power) * sqrt(p_d - d^2), solved for d.
     """
     sized = partial(
-        Power, test="McNemar over (seed, image) pairs", units=n_pairs, alpha=alpha, power=power
+        Power,
+        test="McNemar over (seed, image) pairs",
+        units=n_pairs,
+        counted=f"{n_pairs} pairs",
+        alpha=alpha,
+        power=power,
     )
     if n_pairs == 0 or n_discordant == 0:
         return sized(
@@ -355,12 +527,13 @@ def mcnemar_mde(n_pairs: int, n_discordant: int, *, alpha: float, power: float =
 
 def power_line(power: Power) -> str:
     """One sentence: what the design can resolve, and what that estimate rests on."""
-    units = f"{power.units} {'seeds' if power.test.startswith('paired') else 'pairs'}"
     if power.mde is None:
-        return f"{power.test} ({units}): smallest detectable difference unknown ({power.note})"
+        return (
+            f"{power.test} ({power.counted}): smallest detectable difference unknown ({power.note})"
+        )
     return (
-        f"{power.test} ({units}): differences of {100 * power.mde:.1f} points or more are "
-        f"detected with {100 * power.power:.0f}% power at alpha {power.alpha:g} "
+        f"{power.test} ({power.counted}): differences of {100 * power.mde:.1f} points or more "
+        f"are detected with {100 * power.power:.0f}% power at alpha {power.alpha:g} "
         f"({power.basis})"
     )
 
@@ -375,32 +548,51 @@ def format_p(value: float | None) -> str:
 def verdict(comp: Comparison, mc: McNemar | None, *, alpha: float, n_test_images: int) -> str:
     """One plain-language line: direction and size, CI, significance, every p-value.
 
-    The decision uses the paired t-test across seeds (seeds are the replication
-    unit); McNemar disagreeing is mentioned, not used to overrule it.
+    The decision uses :attr:`Comparison.decisive`: the paired t-test across seeds with one
+    fold (seeds are the replication unit), the corrected resampled t-test over folds with
+    several; the other tests are printed, and McNemar disagreeing is mentioned, never used
+    to overrule it.
     """
     points = 100 * comp.diff.mean
-    ci = f"95% CI [{100 * comp.diff.ci_low:.1f}, {100 * comp.diff.ci_high:.1f}]"
-    if alpha != 0.05:
-        ci = ci.replace("95%", f"{100 * (1 - alpha):g}%")
+    low, high = comp.diff.ci_low, comp.diff.ci_high
+    if comp.corrected is not None:
+        low, high = comp.corrected.ci_low, comp.corrected.ci_high
+    ci = ""
+    if low is not None and high is not None:
+        ci = f"{100 * (1 - alpha):g}% CI [{100 * low:.1f}, {100 * high:.1f}]"
     size = f"{points:+.1f} points"
-    design = f"{comp.n_seeds} seed{'s' if comp.n_seeds != 1 else ''} x {n_test_images} test images"
     p_values = [f"paired t p={format_p(comp.t.p)}", f"Wilcoxon p={format_p(comp.wilcoxon.p)}"]
+    if comp.corrected is None:
+        units = comp.n_units
+        design = f"{units} seed{'s' if units != 1 else ''} x {n_test_images} test images"
+    else:
+        ci += " (corrected t)" if ci else ""
+        p_values = [f"corrected t p={format_p(comp.corrected.test.p)}"] + [
+            p.replace("paired t", "paired t over units") for p in p_values
+        ]
+        seeds = comp.n_units // comp.n_folds
+        design = (
+            f"{comp.n_folds} folds x {seeds} seed{'s' if seeds != 1 else ''} = "
+            f"{comp.n_units} units, {n_test_images} test images"
+        )
     if mc is not None:
         p_values.append(f"McNemar p={format_p(mc.p)}")
     detail = f"({'; '.join([', '.join(p_values), design])})"
-    if comp.n_seeds < 2:
+    if comp.n_units < 2:
         return (
             f"{size}, no CI or seed-level test: the paired tests need at least two seeds {detail}"
         )
-    if comp.t.p is None:
-        decision = "significance undefined (" + comp.t.note + ")"
-    elif comp.t.p < alpha:
+    decisive = comp.decisive
+    ci = ci or "no CI"
+    if decisive.p is None:
+        decision = "significance undefined (" + decisive.note + ")"
+    elif decisive.p < alpha:
         better = "better" if points > 0 else "worse"
         decision = f"significant at {alpha:g} ({better} than base)"
     else:
         decision = f"not significant at {alpha:g}"
     extra = ""
-    if mc is not None and comp.t.p is not None and (mc.p < alpha) != (comp.t.p < alpha):
+    if mc is not None and decisive.p is not None and (mc.p < alpha) != (decisive.p < alpha):
         extra = (
             f"; McNemar alone {'is' if mc.p < alpha else 'is not'} significant "
             "(it pools images over seeds and ignores seed-to-seed variation)"
