@@ -96,8 +96,12 @@ def test_profile_cpu_is_the_histology_recipe_on_the_real_images(repo_root, tmp_p
     assert p.train.arch == "lymphaug_cnn" and p.train.weights == "none"
     assert p.train.patch_size == 64 and p.train.eval == "whole" and len(p.train.seeds) == 5
     assert p.train.device == "cpu"
-    # the generator is trained here, at a resolution the classifier can use
-    assert p.finetune.base_model == "scratch" and p.finetune.resolution >= 128
+    # the generator is trained here, at a resolution the classifier can use: its samples
+    # cover at least 128 px of the real images (crops of the images rescaled by `scale`)
+    assert p.finetune.base_model == "scratch"
+    assert p.finetune.resolution / p.autoencoder.scale >= 128
+    # the classifier sees patch_size px of images rescaled by train.scale: one sample holds one
+    assert p.finetune.resolution >= p.train.patch_size and p.autoencoder.scale == p.train.scale
 
 
 def test_profile_with_unknown_key_leaves_params_untouched(repo_root, tmp_path):
