@@ -54,7 +54,7 @@ def test_two_processes_match_one_in_structure_and_write_once(tmp_path):
             _cmd(root, nproc), env=env, capture_output=True, text=True, timeout=180
         )
         assert out.returncode == 0, out.stderr[-3000:]
-        assert out.stdout.count("train base seed=0: best epoch") == 1  # rank 0 reports
+        assert out.stdout.count("train base fold=0 seed=0: best epoch") == 1  # rank 0 reports
         rep = Layout(root).train_report("base", 0)
         metrics = json.loads((rep / "metrics.json").read_text())
         history = pd.read_csv(rep / "history.csv")

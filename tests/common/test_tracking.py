@@ -156,7 +156,7 @@ def test_real_mlflow_server_over_http(tmp_path):
         assert _train(tmp_path, "base", 1) == 0
         client = MlflowClient(server.uri)
         exp = client.get_experiment_by_name("t")
-        run = _children(client, exp.experiment_id)["train base seed=1"]
+        run = _children(client, exp.experiment_id)["train base fold=0 seed=1"]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"confusion_matrix.png", "metrics.json", "history.csv"} <= arts
