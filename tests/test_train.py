@@ -517,6 +517,8 @@ def test_two_real_trains_of_one_condition_and_seed(tmp_path):
     assert first.returncode == 0, out
     client = MlflowClient(params.mlflow.tracking_uri)
     exp = client.get_experiment_by_name(params.mlflow.experiment)
-    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'train base fold=0 seed=0'")
+    runs = client.search_runs(
+        [exp.experiment_id], "attributes.run_name = 'train base fold=0 seed=0'"
+    )
     assert [r.info.status for r in runs] == ["FINISHED"]
     assert list((root / "work/train/fold_0/base/seed_0").iterdir()) == []  # work removed
