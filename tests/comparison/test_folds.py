@@ -143,6 +143,8 @@ def test_metrics_and_report_state_the_design(tmp_path):
     assert "here 0.667; n_train = the real training images of each fold" in text
     assert "- dct: corrected resampled t-test over folds (3 folds x 2 seeds = 6 units" in text
     assert "each seed contributes one prediction per image" in text
+    # the synthetic section says it judges one fold's generator, not all three
+    assert "Judged here: **fold 0's generator only**, one of 3." in text
 
 
 def test_parent_run_shows_mean_and_spread_per_condition(tmp_path, monkeypatch):

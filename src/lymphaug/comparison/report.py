@@ -337,14 +337,24 @@ def render(
         "![Confusion matrices summed over seeds](compare/confusion_matrices.png)",
         "",
     ]
-    lines += _quality_section(quality, quality_skipped, layout, is_sample=facts.is_sample)
+    lines += _quality_section(
+        quality, quality_skipped, layout, is_sample=facts.is_sample, folds=analysis.n_folds
+    )
     return "\n".join(lines) + "\n"
 
 
 def _quality_section(
-    quality: QualityReport | None, skipped: str, layout: Layout, *, is_sample: bool
+    quality: QualityReport | None, skipped: str, layout: Layout, *, is_sample: bool, folds: int
 ) -> list[str]:
     lines = ["## Synthetic images", ""]
+    if folds > 1:
+        lines += [
+            f"Judged here: **fold {layout.fold}'s generator only**, one of {folds}. Each "
+            "fold's `synthetic` classifiers trained with their own fold's generator; the "
+            "other folds' synthetic sets are not assessed in this report (their contact "
+            "sheets are in `folds/fold_<f>/`).",
+            "",
+        ]
     sheet = layout.fold_reports / "synthetic_contact_sheet.png"
     if sheet.is_file():
         link = sheet.relative_to(layout.reports).as_posix()
