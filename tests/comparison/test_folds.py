@@ -180,3 +180,19 @@ def test_parent_run_shows_mean_and_spread_per_condition(tmp_path, monkeypatch):
         "compare.n_seeds": "2",
         "compare.n_units": "6",
     }
+
+
+def test_test_accuracy_points_name_their_fold_when_seeds_repeat(tmp_path):
+    """Seeds repeat across folds: with several folds each point's label names its fold too,
+    so no two of a condition's six points read alike; the plot is drawn with them."""
+    from lymphaug.comparison import figures
+
+    runs = fold_runs()
+    labels = [figures.unit_label(r, several_folds=True) for r in runs["base"]]
+    assert len(set(labels)) == len(labels) == 6 and "f2s1" in labels
+    one = runs["base"][0]
+    assert figures.unit_label(one, several_folds=False) == f"s{one.seed}"
+    a = analyse(runs, CLASSES, _params(tmp_path).compare)
+    summaries = {c: a.summaries[c]["accuracy"] for c in runs}
+    figures.test_accuracy_plot(runs, summaries, tmp_path / "acc.png", alpha=a.alpha)
+    assert (tmp_path / "acc.png").stat().st_size > 0

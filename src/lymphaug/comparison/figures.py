@@ -61,11 +61,18 @@ def val_accuracy_plot(runs: dict[str, list[RunResult]], path: Path) -> None:
     _save(fig, path)
 
 
+def unit_label(run: RunResult, *, several_folds: bool) -> str:
+    """A point's label: ``s<seed>``, or ``f<fold>s<seed>`` when seeds repeat across folds."""
+    return f"f{run.fold}s{run.seed}" if several_folds else f"s{run.seed}"
+
+
 def test_accuracy_plot(
     runs: dict[str, list[RunResult]], summaries: dict[str, Summary], path: Path, *, alpha: float
 ) -> None:
-    """Test accuracy per seed (points) with the mean and its bootstrap CI per condition."""
+    """Test accuracy per seed (points; with several folds, per (fold, seed) unit) with the
+    mean and its bootstrap CI per condition."""
     plt = _plt()
+    folds = len({r.fold for cond_runs in runs.values() for r in cond_runs}) > 1
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for i, (cond, cond_runs) in enumerate(runs.items()):
         colour = _colour(cond, i)
@@ -74,7 +81,7 @@ def test_accuracy_plot(
         ax.scatter(i + jitter, acc, color=colour, alpha=0.6, zorder=3)
         for x, run, run_acc in zip(i + jitter, cond_runs, acc, strict=True):
             ax.annotate(
-                f"s{run.seed}",
+                unit_label(run, several_folds=folds),
                 (x, run_acc),
                 textcoords="offset points",
                 xytext=(4, 0),
@@ -96,7 +103,8 @@ def test_accuracy_plot(
         )
     ax.set_xticks(range(len(runs)), list(runs))
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Test accuracy per seed; diamond: mean with {100 * (1 - alpha):g}% bootstrap CI")
+    per = "(fold, seed) unit" if folds else "seed"
+    ax.set_title(f"Test accuracy per {per}; diamond: mean with {100 * (1 - alpha):g}% bootstrap CI")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     _save(fig, path)
