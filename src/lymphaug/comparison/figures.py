@@ -35,9 +35,15 @@ def _colour(condition: str, i: int) -> str:
     return COLOURS.get(condition, f"C{i + 3}")
 
 
+def _several_folds(runs: dict[str, list[RunResult]]) -> bool:
+    return len({r.fold for cond_runs in runs.values() for r in cond_runs}) > 1
+
+
 def val_accuracy_plot(runs: dict[str, list[RunResult]], path: Path) -> None:
-    """Validation accuracy per epoch: mean over seeds, min-max band, thin line per seed."""
+    """Validation accuracy per epoch: mean over seeds (with several folds, over (fold, seed)
+    units), min-max band, thin line per run."""
     plt = _plt()
+    over = "(fold, seed) units" if _several_folds(runs) else "seeds"
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for i, (cond, cond_runs) in enumerate(runs.items()):
         with_history = [r for r in cond_runs if r.epochs.size]
@@ -54,7 +60,7 @@ def val_accuracy_plot(runs: dict[str, list[RunResult]], path: Path) -> None:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Validation accuracy per epoch (band: min-max over seeds)")
+    ax.set_title(f"Validation accuracy per epoch (band: min-max over {over})")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
@@ -72,7 +78,7 @@ def test_accuracy_plot(
     """Test accuracy per seed (points; with several folds, per (fold, seed) unit) with the
     mean and its bootstrap CI per condition."""
     plt = _plt()
-    folds = len({r.fold for cond_runs in runs.values() for r in cond_runs}) > 1
+    folds = _several_folds(runs)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for i, (cond, cond_runs) in enumerate(runs.items()):
         colour = _colour(cond, i)
