@@ -145,6 +145,9 @@ def test_metrics_and_report_state_the_design(tmp_path):
     assert "each seed contributes one prediction per image" in text
     # the synthetic section says it judges one fold's generator, not all three
     assert "Judged here: **fold 0's generator only**, one of 3." in text
+    # the figures' captions name what a point and a line are: units, not seeds
+    assert "thick line the mean over (fold, seed) units" in text
+    assert "![Test accuracy per (fold, seed) unit](compare/test_accuracy.png)" in text
 
 
 def test_parent_run_shows_mean_and_spread_per_condition(tmp_path, monkeypatch):

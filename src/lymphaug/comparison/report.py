@@ -323,16 +323,17 @@ def render(
         lines += _reading(analysis)
         lines += [f"- Note — {note}" for note in notes]
 
+    runs_are = "seeds" if analysis.n_folds == 1 else "(fold, seed) units"
     lines += [
         "",
         "## Figures",
         "",
         "![Validation accuracy per epoch](compare/val_accuracy.png)",
         "",
-        "Validation accuracy per epoch: thick line the mean over seeds, band min-max, thin "
-        "lines single seeds.",
+        f"Validation accuracy per epoch: thick line the mean over {runs_are}, band min-max, "
+        f"thin lines single {runs_are}.",
         "",
-        "![Test accuracy per seed](compare/test_accuracy.png)",
+        f"![Test accuracy per {unit}](compare/test_accuracy.png)",
         "",
         "![Confusion matrices summed over seeds](compare/confusion_matrices.png)",
         "",
