@@ -219,7 +219,7 @@ def run(params: Params, layout: Layout, args) -> int:
     from lymphaug.diffusion.loading import cpu_threads
 
     start = time.perf_counter()
-    with cpu_threads(params.finetune.base_model):
+    with cpu_threads(params.finetune.base_model, params.finetune.num_threads):
         info, result = autoencoder(params, layout, **resume_options(args))
     if result is None:
         print(f"autoencoder: skipped ({info.reason}) -> {layout.autoencoder_model}")

@@ -473,7 +473,7 @@ def _generate(
 def run(params: Params, layout: Layout, args) -> int:
     from lymphaug.diffusion.loading import cpu_threads
 
-    with cpu_threads(_base_of(layout)):
+    with cpu_threads(_base_of(layout), params.finetune.num_threads):
         summary = generate(params, layout, resume=not getattr(args, "no_resume", False))
     note = f" ({summary['skipped']} already done, resumed)" if summary["skipped"] else ""
     print(
