@@ -206,3 +206,30 @@ def test_scratch_pipeline_is_a_real_stable_diffusion_pipeline():
     assert isinstance(pipe, StableDiffusionPipeline) and pipe.vae_scale_factor == 4
     out = pipe("a", num_inference_steps=2, height=32, width=32, output_type="np").images
     assert out.shape == (1, 32, 32, 3) and torch.isfinite(torch.from_numpy(out)).all()
+
+
+def test_a_fresh_autoencoder_samples_nearly_deterministic_latents():
+    """The posterior starts at std exp(-3), not 1: the decoder's first steps see latents, not
+    sampling noise (with SD's KL weight the trained posterior is as narrow)."""
+    from lymphaug.common.config import AutoencoderConfig
+    from lymphaug.diffusion.scratch import build_autoencoder
+
+    vae = build_autoencoder(AutoencoderConfig(resolution=16, width=8, downsample=2, seed=3))
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        posterior = vae.encode(pixels).latent_dist
+    assert posterior.std.median() == pytest.approx(0.05, rel=0.2)
+    assert posterior.mean.std() > 2 * posterior.std.median()
+    assert not any("attentions" in name for name, _ in vae.named_parameters())
+
+
+def test_scratch_norms_keep_four_channels_per_group():
+    """One channel per group (SD's 32 groups at width 32) normalises a crop's colour away."""
+    from lymphaug.common.config import AutoencoderConfig
+    from lymphaug.diffusion.scratch import build_autoencoder, build_unet
+
+    vae = build_autoencoder(AutoencoderConfig(resolution=16, width=32, downsample=2))
+    unet = build_unet(width=32, sample_size=8, in_channels=4, cross_attention_dim=32, seed=0)
+    modules = [*vae.modules(), *unet.modules()]
+    norms = [m for m in modules if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and min(m.num_channels // m.num_groups for m in norms) == 4
