@@ -323,15 +323,14 @@ def render(
         lines += _reading(analysis)
         lines += [f"- Note — {note}" for note in notes]
 
-    runs_are = "seeds" if analysis.n_folds == 1 else "(fold, seed) units"
     lines += [
         "",
         "## Figures",
         "",
         "![Validation accuracy per epoch](compare/val_accuracy.png)",
         "",
-        f"Validation accuracy per epoch: thick line the mean over {runs_are}, band min-max, "
-        f"thin lines single {runs_are}.",
+        f"Validation accuracy per epoch: thick line the mean over {unit}s, band min-max, "
+        f"thin lines single {unit}s.",
         "",
         f"![Test accuracy per {unit}](compare/test_accuracy.png)",
         "",
