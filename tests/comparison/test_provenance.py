@@ -124,3 +124,11 @@ def test_profile_is_named_or_its_changes_listed(tmp_path):
     assert provenance.profile_line(quick, layout).startswith("`quick` (every key")
     changed = provenance.profile_line(_params(train={"epochs": 8}), layout)
     assert changed == "no preset as such: `quick` with 1 change(s): train.epochs: 8 (profile: 15)"
+
+
+def test_the_generation_line_says_when_images_start_from_real_ones():
+    txt = provenance.generation_line(_params(generate={"mode": "txt2img"}).generate)
+    assert txt.startswith("sampled by txt2img from the class prompt alone, 10 per class")
+    img2img = _params(generate={"mode": "img2img", "strength": 0.8}).generate
+    img = provenance.generation_line(img2img)
+    assert "**img2img** (SDEdit: a training image of the class, noised to strength 0.8" in img

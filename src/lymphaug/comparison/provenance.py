@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lymphaug.common import manifest
-from lymphaug.common.config import Params, TrainConfig, read_yaml
+from lymphaug.common.config import GenerateConfig, Params, TrainConfig, read_yaml
 from lymphaug.common.errors import LymphaugError
 from lymphaug.common.paths import Layout
 
@@ -148,6 +148,23 @@ def generator_line(params: Params, layout: Layout) -> str:
     )
 
 
+def generation_line(cfg: GenerateConfig) -> str:
+    """How the images were sampled. img2img starts from a real training image, so its
+    images owe their stain and layout partly to that image, not to the generator alone: a
+    reader must know which mode the quality figures and the verdict rest on."""
+    made = (
+        f"{cfg.per_class} per class, guidance {cfg.guidance_scale:g}, "
+        f"{cfg.steps} {cfg.scheduler} steps"
+    )
+    if cfg.mode == "img2img":
+        return (
+            f"sampled by **img2img** (SDEdit: a training image of the class, noised to strength "
+            f"{cfg.strength:g} and denoised under its class prompt; its stain and layout carry "
+            f"over into the synthetic image), {made}"
+        )
+    return f"sampled by txt2img from the class prompt alone, {made}"
+
+
 def classifier_line(cfg: TrainConfig) -> str:
     if cfg.weights == "none":
         weights = "weights `none`: trained from scratch, no pretrained weights"
@@ -202,7 +219,7 @@ def describe(params: Params, layout: Layout) -> RunFacts:
     return RunFacts(
         data=data,
         is_sample=is_sample,
-        generator=generator_line(params, layout),
+        generator=f"{generator_line(params, layout)}; {generation_line(params.generate)}",
         classifier=classifier_line(params.train),
         profile=profile_line(params, layout),
     )
