@@ -3,12 +3,15 @@ component configs, saved as a local diffusers folder, through the real finetune 
 stages (the CLI): LoRA for two steps at 64 px, then generation at the data set's aspect ratio.
 
 Costs (2 shared CPU cores): building and saving the 4.3 GB folder ~1 min and 5 GB of memory,
-once per session; each stage loads it again.
+once per session; each stage loads it again. The folder is deleted when the session ends:
+pytest keeps its last three base temp dirs, and a machine that runs the suite again and again
+(CI) would otherwise carry several of them.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import yaml
@@ -25,18 +28,33 @@ LORA_PARAMETERS = 797_184  # rank 4 on to_q/to_k/to_v/to_out.0 of SD v1.5's UNet
 WIDTH, HEIGHT = 139, 104  # the lymphoma images' 417 x 312, a third the size
 
 
+FOLDER_BYTES = 4.3e9  # fp32 UNet, VAE and text encoder as safetensors
+DISK_MARGIN_BYTES = 1e9  # the two repositories' adapters, images and MLflow store
+
+
 @pytest.fixture(scope="session")
 def sd15_folder(tmp_path_factory):
-    """SD v1.5's architecture with random weights as a diffusers folder (built once)."""
+    """SD v1.5's architecture with random weights as a diffusers folder (built once, removed
+    at the end of the session)."""
     from lymphaug.diffusion.sd15 import build_sd15_pipeline
 
-    folder = tmp_path_factory.mktemp("sd15") / "sd-v1-5-random"
+    parent = tmp_path_factory.mktemp("sd15")
+    free = shutil.disk_usage(parent).free
+    if free < FOLDER_BYTES + DISK_MARGIN_BYTES:  # say so before a 4.3 GB write fails halfway
+        pytest.fail(
+            f"the SD v1.5 folder needs {(FOLDER_BYTES + DISK_MARGIN_BYTES) / 1e9:.1f} GB free "
+            f"under {parent}; {free / 1e9:.1f} GB are free",
+            pytrace=False,
+        )
+    folder = parent / "sd-v1-5-random"
     pipe = build_sd15_pipeline(0)
     sizes = [sum(p.numel() for p in m.parameters()) for m in (pipe.unet, pipe.vae)]
     assert sizes == [859_520_964, 83_653_863]
     assert sum(p.numel() for p in pipe.text_encoder.parameters()) == 123_060_480
     pipe.save_pretrained(folder)
-    return folder
+    del pipe
+    yield folder
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 def stage(root, *argv: str) -> None:
