@@ -173,7 +173,7 @@ def _finetune(
     identity = finetune_identity(cfg, params.classes, train, layout.raw)
     base = None
     if cfg.base_model == SCRATCH:  # a retrained autoencoder never resumes an old UNet
-        identity.append(_autoencoder_fingerprint(layout))
+        identity.append(loading.weights_digest(layout.autoencoder_model))
     else:  # nor do other base weights (a replaced folder, a new hub commit)
         base = loading.resolve_base(cfg.base_model, layout.root, cfg.revision)
         identity.append(base.version)
@@ -296,12 +296,6 @@ def _note_untracked_base(base, layout: Layout) -> None:
             "DVC will not rerun finetune when it changes; move it there",
             file=sys.stderr,
         )
-
-
-def _autoencoder_fingerprint(layout: Layout) -> str:
-    """The trained autoencoder's weights, by hash ("" before it exists: loading then fails)."""
-    files = sorted(layout.autoencoder_model.glob("*.safetensors"))
-    return ",".join(sha256_file(p) for p in files)
 
 
 def _scratch_base(cfg: FinetuneConfig, layout: Layout, data, train: pd.DataFrame):

@@ -99,7 +99,7 @@ def test_units_pool_every_image_once_per_seed(tmp_path):
     assert "3 folds x 2 seeds = 6 units, 12 test images" in a.verdicts["dct"]
     assert "(corrected t)" in a.verdicts["dct"] and "corrected t p=" in a.verdicts["dct"]
     assert a.power["dct"][0].test == "corrected resampled t-test over folds"
-    assert a.design == "3 folds x 2 seed(s) = 6 units, 12 test images"
+    assert a.design == "3 folds x 2 seeds = 6 units, 12 test images"
     # runs without n_train: every image outside the test fold, said to be a bound
     b = analyse(fold_runs(n_train=None), CLASSES, _params(tmp_path).compare)
     assert b.ratio == pytest.approx(4 / 8) and "too small" in b.ratio_basis

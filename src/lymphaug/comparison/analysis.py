@@ -70,9 +70,8 @@ class Analysis:
         seeds = f"{len(self.seeds)} seed(s)"
         if self.n_folds == 1:
             return f"{seeds} x {self.n_test} test images"
-        return (
-            f"{self.n_folds} folds x {seeds} = {len(self.units)} units, {self.n_test} test images"
-        )
+        units = stats.fold_seed_design(n_folds=self.n_folds, n_units=len(self.units))
+        return f"{units}, {self.n_test} test images"
 
     def design_params(self) -> dict[str, str]:
         """The design as MLflow params of the parent run (fixed by params.yaml, as the

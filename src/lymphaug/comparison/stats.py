@@ -254,6 +254,13 @@ def fold_means(diffs: np.ndarray, folds: np.ndarray) -> np.ndarray:
     return np.array([diffs[folds == fold].mean() for fold in np.unique(folds)])
 
 
+def fold_seed_design(*, n_folds: int, n_units: int) -> str:
+    """A k-fold comparison's replication in words ("5 folds x 3 seeds = 15 units"): the one
+    phrasing the report's verdicts, its power lines and the console share."""
+    seeds = n_units // max(n_folds, 1)
+    return f"{n_folds} folds x {seeds} seed{'s' if seeds != 1 else ''} = {n_units} units"
+
+
 def nadeau_bengio_inflation(n_folds: int, ratio: float) -> float:
     """The corrected variance factor 1/J + n_test/n_train (J resamples, here folds).
 
@@ -462,14 +469,12 @@ def corrected_t_mde(
     """
     means = fold_means(diffs, folds)
     n_folds, n_units = int(means.size), int(np.asarray(diffs).size)
-    per_fold = n_units // max(n_folds, 1)
     sized = partial(
         Power,
         test="corrected resampled t-test over folds",
         units=n_units,
         counted=(
-            f"{n_folds} folds x {per_fold} seed{'s' if per_fold != 1 else ''} = "
-            f"{n_units} units of {images_per_unit} test images"
+            f"{fold_seed_design(n_folds=n_folds, n_units=n_units)} of {images_per_unit} test images"
         ),
         alpha=alpha,
         power=power,
@@ -570,10 +575,9 @@ def verdict(comp: Comparison, mc: McNemar | None, *, alpha: float, n_test_images
         p_values = [f"corrected t p={format_p(comp.corrected.test.p)}"] + [
             p.replace("paired t", "paired t over units") for p in p_values
         ]
-        seeds = comp.n_units // comp.n_folds
         design = (
-            f"{comp.n_folds} folds x {seeds} seed{'s' if seeds != 1 else ''} = "
-            f"{comp.n_units} units, {n_test_images} test images"
+            f"{fold_seed_design(n_folds=comp.n_folds, n_units=comp.n_units)}, "
+            f"{n_test_images} test images"
         )
     if mc is not None:
         p_values.append(f"McNemar p={format_p(mc.p)}")
