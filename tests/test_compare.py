@@ -169,6 +169,7 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     assert f"lymphaug-classifier-base@best = version {version} (fold 0 seed 0)" in out
     assert "lymphaug-classifier-dct: no registry version holds these weights" in out
     assert "  synthetic images: FID " in out and "x that of a real set of the same size" in out
+    assert "1 near copies; pixel copies 1 (1 nearer a training image than real ones)" in out
 
     text = (root / "reports/report.md").read_text()
     assert text.startswith(
@@ -198,6 +199,10 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     assert "it passes every check" in text
     assert "The synthetic set is about as close to the training images as real images" in text
     assert "| syn_0.png" not in text and "| FL/syn_0.png | FL/fl_2.png | 0.0000 | no |" in text
+    # the verbatim copy is found in pixels too: 48 px centre squares (the images' short side)
+    assert "**Copies in pixel space** (no feature extractor): the centre 48 x 48 px" in text
+    assert "**1 of 9** synthetic images are nearer a training image than any held-out" in text
+    assert "**1 of 9** reach 0.9 (a copy)." in text
 
     m = json.loads((root / "reports/metrics.json").read_text())
     assert m["n_seeds"] == 3 and m["n_test_images"] == 6
@@ -207,6 +212,9 @@ def test_report_end_to_end_with_mlflow(repo, tmp_path, monkeypatch, capsys):
     assert m["synthetic_quality"]["extractor"] == "classifier"
     assert m["synthetic_quality"]["extractor_valid"] is True
     assert m["synthetic_quality"]["fid_ratio_to_real"] < 1.5
+    assert m["synthetic_quality"]["pixel_copies"] == 1
+    assert m["synthetic_quality"]["pixel_ncc_max"] == pytest.approx(1.0, abs=1e-4)
+    assert m["synthetic_quality"]["pixel_ncc_held_out_max"] < 0.5
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs(
@@ -417,6 +425,7 @@ def test_noise_is_called_far_from_the_real_images(repo, tmp_path):
     assert "Near copies (distance < 0.05): **0** of 9: the set is far from the real images" in text
     m = json.loads((root / "reports/metrics.json").read_text())["synthetic_quality"]
     assert m["extractor_valid"] is True and m["near_copies"] == 0
+    assert m["pixel_copies"] == 0 and m["pixel_above_held_out"] == 0
     assert m["fid_ratio_to_real"] >= 3
     distances = pd.read_csv(root / "reports/compare/nearest_training.csv")
     assert len(distances) == 9 and not distances["near_copy"].any()
@@ -450,6 +459,8 @@ def test_collapsed_extractor_prints_no_image_metrics(repo, tmp_path, rank):
     m = json.loads((root / "reports/metrics.json").read_text())["synthetic_quality"]
     assert m["extractor_valid"] is False
     assert {"fid", "kid", "tstr_accuracy", "near_copies"} & set(m) == set()
+    # the extractor-free check still runs, and still finds the verbatim copy
+    assert "**1 of 9** reach 0.9 (a copy)." in section and m["pixel_copies"] == 1
     assert (root / "reports/compare/nearest_training.csv").read_text().count("\n") == 1
 
 

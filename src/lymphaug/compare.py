@@ -293,11 +293,14 @@ def quality_summary(quality: dict | None) -> str:
     """The synthetic section in one line, from metrics.json's view of it."""
     if quality is None:
         return "not assessed (see the report)"
+    pixels = f"pixel copies {quality['pixel_copies']}"
+    if quality["pixel_above_held_out"] is not None:
+        pixels += f" ({quality['pixel_above_held_out']} nearer a training image than real ones)"
     if not quality["extractor_valid"]:
         return (
-            f"no image metrics: the feature extractor ({quality['extractor']}) fails its "
-            "check on real images (see the report)"
+            f"{pixels}; no feature metrics: the feature extractor ({quality['extractor']}) "
+            "fails its check on real images (see the report)"
         )
     ratio = quality["fid_ratio_to_real"]
     far = "" if ratio is None else f"FID {ratio:.1f}x that of a real set of the same size, "
-    return f"{far}{quality['near_copies']} near copies"
+    return f"{far}{quality['near_copies']} near copies; {pixels}"

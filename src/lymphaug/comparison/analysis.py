@@ -26,6 +26,7 @@ from lymphaug.comparison import stats
 from lymphaug.comparison.results import RunResult
 
 if TYPE_CHECKING:  # annotations only: synthetic_quality is imported lazily (torch)
+    from lymphaug.comparison.pixel_match import PixelMatch
     from lymphaug.comparison.synthetic_quality import QualityReport
 
 METRICS = ("accuracy", "macro_f1")
@@ -266,6 +267,18 @@ def _num(x) -> float | None:
     return round(x, 6) if math.isfinite(x) else None
 
 
+def pixel_metrics(pixels: PixelMatch) -> dict:
+    """The pixel-space copy check (every run has it: it needs no extractor)."""
+    held_out = pixels.held_out
+    return {
+        "pixel_ncc_median": _num(np.median(pixels.synthetic) if pixels.synthetic.size else None),
+        "pixel_ncc_max": _num(pixels.synthetic.max() if pixels.synthetic.size else None),
+        "pixel_ncc_held_out_max": _num(held_out.max() if held_out.size else None),
+        "pixel_above_held_out": pixels.above_held_out,
+        "pixel_copies": pixels.copies,
+    }
+
+
 def metrics_dict(analysis: Analysis, quality: QualityReport | None) -> dict:
     """reports/metrics.json: flat enough for `dvc metrics show`, no NaN."""
     out: dict = {
@@ -322,6 +335,7 @@ def metrics_dict(analysis: Analysis, quality: QualityReport | None) -> dict:
             "extractor_valid": validation.valid,
             "extractor_probe_accuracy": _num(validation.probe_accuracy),
             "extractor_test_accuracy": _num(validation.classifier_accuracy),
+            **pixel_metrics(quality.pixels),
         }
         if quality.metrics is not None:  # only with a validated extractor
             synthetic = quality.metrics

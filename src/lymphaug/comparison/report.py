@@ -13,11 +13,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from lymphaug.classifier.loop import steps_for_images
 from lymphaug.common import manifest
 from lymphaug.common.config import Params
 from lymphaug.common.paths import Layout
 from lymphaug.comparison import provenance, stats
+from lymphaug.comparison.pixel_match import COPY_NCC, PixelMatch
 from lymphaug.comparison.stats import format_p
 
 if TYPE_CHECKING:  # for annotations only; never imported at run time
@@ -381,17 +384,50 @@ def _quality_section(
     lines += _validation_lines(quality)
     if quality.metrics is None:
         failed = ", ".join(check.name for check in quality.validation.failures)
-        return lines + [
+        lines += [
             f"**The image metrics cannot be computed with this extractor**: it fails "
             f'"{failed}" on real images alone. With features that do not tell real images '
             "apart, a distance between image sets means nothing (coloured noise can land "
             "nearer a training image than two real images are), so no FID, KID, "
-            "train-on-synthetic accuracy or near-copy count is given. A validated extractor: "
-            "ImageNet Inception-v3 or AlexNet weights in torchvision's cache "
-            "(`compare.feature_extractor: auto`, `inception` or `alexnet`).",
+            "train-on-synthetic accuracy or feature-space near-copy count is given. A "
+            "validated extractor: ImageNet Inception-v3 or AlexNet weights in torchvision's "
+            "cache (`compare.feature_extractor: auto`, `inception` or `alexnet`).",
             "",
         ]
-    return lines + _metrics_lines(quality.metrics, quality)
+    else:
+        lines += _metrics_lines(quality.metrics, quality)
+    return lines + [pixel_line(quality.pixels), ""]
+
+
+def pixel_line(pixels: PixelMatch) -> str:
+    """The extractor-free copy check in one paragraph: synthetic beside held-out real."""
+
+    def spread(values) -> str:
+        return f"median {np.median(values):.3f}, max {np.max(values):.3f}"
+
+    n = len(pixels.synthetic)
+    if not n:
+        return "**Copies in pixel space**: no synthetic image to check."
+    method = (
+        f"**Copies in pixel space** (no feature extractor): the centre {pixels.patch} x "
+        f"{pixels.patch} px of each image, in grey at the classifier's scale (x{pixels.scale:g}), "
+        "slid over every position of every training image; the highest normalised "
+        "cross-correlation (NCC, 1 = the same pixels up to brightness and contrast) is kept. "
+    )
+    if not pixels.held_out.size:
+        yardstick, above = "no held-out real image to compare with", ""
+    else:
+        yardstick = (
+            f"held-out real images, which the generator never saw, {spread(pixels.held_out)}"
+        )
+        above = (
+            f" **{pixels.above_held_out} of {n}** synthetic images are nearer a training "
+            "image than any held-out real image is;"
+        )
+    return (
+        f"{method}Synthetic images: {spread(pixels.synthetic)}; {yardstick}.{above} "
+        f"**{pixels.copies} of {n}** reach {COPY_NCC:g} (a copy)."
+    )
 
 
 def _validation_lines(quality: QualityReport) -> list[str]:

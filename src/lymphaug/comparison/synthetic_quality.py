@@ -10,7 +10,8 @@ First the extractor is validated on the real images alone (:mod:`.extractor_chec
 when it fails, no synthetic-image number is computed and the report says why. When it
 passes, :class:`HowFar` puts the synthetic set's distance to the training images in
 units of a real set's: FID against the training images of as many synthetic as real
-validation images, and each image's distance to its nearest training image.
+validation images, and each image's distance to its nearest training image. Whatever the
+extractor, :mod:`.pixel_match` looks for copies in pixel space.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from lymphaug.common import manifest
 from lymphaug.common.config import Params
 from lymphaug.common.errors import DataError
 from lymphaug.common.paths import Layout
-from lymphaug.comparison import extractor_check, image_metrics, results
+from lymphaug.comparison import extractor_check, image_metrics, pixel_match, results
 from lymphaug.comparison.extractor_check import ExtractorValidation
 from lymphaug.comparison.features import Extractor, choose
+from lymphaug.comparison.pixel_match import PixelMatch
 
 KID_SUBSETS = 100
 SAME_SIZE_SUBSETS = 20  # seeded subsets behind each same-size FID of HowFar
@@ -107,7 +109,8 @@ class SyntheticMetrics:
 
 @dataclass(kw_only=True)
 class QualityReport:
-    """The extractor, its validation on real images and (when valid) the synthetic metrics."""
+    """The extractor, its validation on real images, (when valid) the synthetic metrics, and
+    the pixel-space near-copy check, which needs no extractor."""
 
     extractor: str
     extractor_description: str
@@ -115,6 +118,7 @@ class QualityReport:
     validation: ExtractorValidation
     n_test: int
     metrics: SyntheticMetrics | None  # None: the extractor failed validation
+    pixels: PixelMatch
 
 
 def _fid_kid(real: np.ndarray, other: np.ndarray, seed: int):
@@ -249,6 +253,12 @@ def assess(params: Params, layout: Layout, extractor: Extractor | None = None) -
         validation=validation,
         n_test=len(y_te),
         metrics=None,
+        pixels=pixel_match.measure(
+            synthetic=[folder / p for p in synth["path"]],
+            training=[layout.raw / p for p in by_split["train"]["path"]],
+            held_out=[layout.raw / p for name in ("val", "test") for p in by_split[name]["path"]],
+            scale=params.train.scale,
+        ),
     )
     if not validation.valid:
         return report
