@@ -441,7 +441,7 @@ def _collapse(state: dict, *, rank: int) -> dict:
 
 
 @pytest.mark.parametrize("rank", [0, 1])
-def test_collapsed_extractor_prints_no_image_metrics(repo, tmp_path, rank):
+def test_collapsed_extractor_prints_no_feature_metrics(repo, tmp_path, rank):
     """A classifier whose features collapse: the report says why, and gives no numbers."""
     root = tmp_path / "r"
     shutil.copytree(repo.root, root)

@@ -5,19 +5,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lymphaug.common.errors import DataError
 from lymphaug.common.images import save_png
-from lymphaug.comparison.pixel_match import best_ncc, centre_patch, grey, measure
+from lymphaug.comparison.pixel_match import FLAT_STD, best_ncc, centre_patch, grey, measure
 
 
 def brute_force_ncc(patch: np.ndarray, images: list[np.ndarray]) -> float:
-    """The definition: Pearson correlation of the patch with every window, the highest."""
+    """The definition: Pearson correlation of the patch, or of one of its flips, with every
+    window (0 for a window flatter than FLAT_STD), the highest."""
     size = patch.shape[0]
     best = -1.0
-    for image in images:
-        for top in range(image.shape[0] - size + 1):
-            for left in range(image.shape[1] - size + 1):
-                window = image[top : top + size, left : left + size]
-                best = max(best, float(np.corrcoef(patch.ravel(), window.ravel())[0, 1]))
+    for variant in (patch, patch[:, ::-1], patch[::-1, :], patch[::-1, ::-1]):
+        for image in images:
+            for top in range(image.shape[0] - size + 1):
+                for left in range(image.shape[1] - size + 1):
+                    window = image[top : top + size, left : left + size]
+                    if window.std() < FLAT_STD:
+                        best = max(best, 0.0)
+                        continue
+                    r = np.corrcoef(variant.ravel(), window.ravel())[0, 1]
+                    best = max(best, float(r))
     return best
 
 
@@ -29,14 +36,33 @@ def test_fft_matching_equals_the_definition_over_images_of_two_shapes():
     assert best_ncc(patches, images) == pytest.approx(expected, abs=1e-5)
 
 
-def test_a_shifted_relit_crop_is_a_copy_and_noise_is_not():
+def test_flat_background_does_not_inflate_the_score():
+    """Training images with a flat block of an awkward grey value (rounding in the window
+    sums leaves such windows a tiny spread): scores stay the definition's, at most 1."""
+    rng = np.random.default_rng(4)
+    images = [rng.uniform(0, 255, (40, 50)) for _ in range(3)]
+    for image in images:
+        image[5:30, 10:40] = 40.98
+    patches = [rng.uniform(0, 255, (16, 16)) for _ in range(3)] + [images[0][2:18, 3:19]]
+    expected = [brute_force_ncc(patch, images) for patch in patches]
+    assert best_ncc(patches, images) == pytest.approx(expected, abs=1e-5)
+    assert expected[3] == pytest.approx(1.0) and max(expected[:3]) < 0.5
+
+
+def test_a_shifted_relit_flipped_crop_is_a_copy_and_noise_is_not():
     rng = np.random.default_rng(1)
     training = [rng.uniform(0, 255, (60, 80)) for _ in range(4)]
     crop = training[2][13:45, 30:62] * 0.6 + 40  # another place, darker, less contrast
     noise = rng.uniform(0, 255, (32, 32))
-    copy_score, noise_score = best_ncc([crop, noise], training)
-    assert copy_score == pytest.approx(1.0, abs=1e-5)
-    assert noise_score < 0.5
+    scores = best_ncc([crop, crop[::-1, :], crop[::-1, ::-1], noise], training)
+    assert scores[:3] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
+    assert scores[3] < 0.5
+
+
+def test_no_training_images_is_a_clear_error(tmp_path):
+    save_png(np.zeros((8, 8, 3), np.uint8), tmp_path / "syn.png")
+    with pytest.raises(DataError, match="no training images"):
+        measure(synthetic=[tmp_path / "syn.png"], training=[], held_out=[], scale=1.0)
 
 
 def test_flat_patches_and_flat_images_score_zero_not_nan():
@@ -46,7 +72,8 @@ def test_flat_patches_and_flat_images_score_zero_not_nan():
 
 
 def test_measure_flags_a_copied_training_image_beside_held_out_real_images(tmp_path):
-    """Real files: one synthetic image is a training image saved again, the other is new."""
+    """Real files: one synthetic image is a training image saved again, flipped upside down;
+    the other a flat grey picture (nothing to correlate: 0, below every held-out score)."""
     rng = np.random.default_rng(3)
 
     def picture(name: str) -> np.ndarray:
@@ -57,8 +84,8 @@ def test_measure_flags_a_copied_training_image_beside_held_out_real_images(tmp_p
     train = [picture(f"train_{i}") for i in range(3)]
     for i in range(2):
         picture(f"held_{i}")
-    picture("new")
-    save_png(train[1], tmp_path / "copy.png")
+    save_png(np.full((96, 120, 3), 120, np.uint8), tmp_path / "new.png")
+    save_png(train[1][::-1], tmp_path / "copy.png")
 
     def files(*names: str) -> list:
         return [tmp_path / f"{name}.png" for name in names]
@@ -71,7 +98,7 @@ def test_measure_flags_a_copied_training_image_beside_held_out_real_images(tmp_p
     )
     assert pixels.patch == 48  # the shortest side at x0.5: 96 px -> 48
     assert pixels.synthetic[0] == pytest.approx(1.0, abs=1e-4)
-    assert pixels.synthetic[1] < 0.5 and pixels.held_out.max() < 0.5
+    assert pixels.synthetic[1] == 0.0 and 0.0 < pixels.held_out.max() < 0.5
     assert pixels.copies == 1 and pixels.above_held_out == 1
 
 

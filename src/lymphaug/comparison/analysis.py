@@ -273,6 +273,7 @@ def pixel_metrics(pixels: PixelMatch) -> dict:
     return {
         "pixel_ncc_median": _num(np.median(pixels.synthetic) if pixels.synthetic.size else None),
         "pixel_ncc_max": _num(pixels.synthetic.max() if pixels.synthetic.size else None),
+        "pixel_ncc_held_out_median": _num(np.median(held_out) if held_out.size else None),
         "pixel_ncc_held_out_max": _num(held_out.max() if held_out.size else None),
         "pixel_above_held_out": pixels.above_held_out,
         "pixel_copies": pixels.copies,

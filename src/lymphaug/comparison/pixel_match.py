@@ -5,7 +5,9 @@ image copies a training image, and the report refuses such an extractor. Pixels 
 Take the centre square of an image, in grey, at the classifier's scale. Slide it over every
 position of every training image. Keep the highest normalised cross-correlation (NCC: 1 means
 the same pixels up to brightness and contrast). Sliding matters: an img2img image, or a crop
-of a training image, need not sit where its source does.
+of a training image, need not sit where its source does. So do flips: the generator trains on
+training crops flipped left-right and upside down, so each patch is also matched flipped both
+ways and turned by 180 degrees, and the best of the four counts.
 
 The held-out real images (validation and test) give the yardstick. They share tissue and
 stain with the training images, but the generator never saw them: their highest NCC shows how
@@ -22,7 +24,7 @@ import numpy as np
 
 PATCH = 64  # px of the centre square, at the classifier's scale
 COPY_NCC = 0.9  # at or above: the same picture, whatever else differs
-_FLAT = 1e-6  # a window (or patch) whose grey values vary less than this has no NCC: 0
+FLAT_STD = 0.01  # grey levels: a window (or patch) varying less has nothing to correlate: 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,14 +81,22 @@ def _window_sums(stack: np.ndarray, size: int) -> np.ndarray:
     )
 
 
+def flips(patch: np.ndarray) -> list[np.ndarray]:
+    """The patch as the generator may have seen it: as is, flipped either way, both."""
+    return [patch, patch[:, ::-1], patch[::-1, :], patch[::-1, ::-1]]
+
+
 def best_ncc(patches: list[np.ndarray], images: list[np.ndarray]) -> np.ndarray:
     """For each square patch, its highest NCC over every position of every image.
 
-    Images of one shape are stacked and transformed once. The correlation at each position is
-    an FFT product (no wrap-around: only positions where the patch lies inside the image are
-    read). The window means and energies come from summed-area tables. A flat patch or window
-    (no variation to correlate) scores 0.
+    Images of one shape are stacked and transformed once, each less its own mean (NCC does
+    not change, and float32 spectra keep their precision). The correlation at each position
+    is an FFT product (no wrap-around: only positions where the patch lies inside the image
+    are read). The window means and energies come from summed-area tables. A flat patch or
+    window (standard deviation under :data:`FLAT_STD`) scores 0.
     """
+    if not images:
+        raise ValueError("no images to match the patches against")
     if not patches:
         return np.zeros(0)
     size = patches[0].shape[0]
@@ -96,25 +106,28 @@ def best_ncc(patches: list[np.ndarray], images: list[np.ndarray]) -> np.ndarray:
         by_shape.setdefault(image.shape, []).append(image)
     for (height, width), group in sorted(by_shape.items()):
         stack = np.stack(group)
+        stack = stack - stack.mean(axis=(1, 2), keepdims=True)
         # float32 spectra: NCC needs no more, and they halve the time of the FFTs
         spectra = np.fft.rfft2(stack.astype(np.float32))
         sums = _window_sums(stack, size)
         # each window's energy about its own mean, sum x^2 - (sum x)^2 / n (float64 sums)
         spread = np.sqrt(np.maximum(_window_sums(stack**2, size) - sums**2 / size**2, 0.0))
-        flat = spread <= _FLAT
+        flat = spread <= FLAT_STD * size  # spread = std * size for a size x size window
         inverse_spread = np.where(flat, 0.0, 1.0 / np.where(flat, 1.0, spread)).astype(np.float32)
         for i, patch in enumerate(patches):
             centred = patch - patch.mean()
             norm = np.sqrt((centred**2).sum())
-            if norm <= _FLAT:
+            if norm <= FLAT_STD * size:
                 best[i] = max(best[i], 0.0)
                 continue
-            kernel = np.zeros((height, width), np.float32)
-            kernel[:size, :size] = centred
-            correlation = np.fft.irfft2(spectra * np.conj(np.fft.rfft2(kernel)), s=(height, width))
-            valid = correlation[:, : height - size + 1, : width - size + 1]
-            best[i] = max(best[i], float((valid * inverse_spread).max()) / norm)
-    return best
+            for variant in flips(centred):
+                kernel = np.zeros((height, width), np.float32)
+                kernel[:size, :size] = variant
+                spectrum = np.conj(np.fft.rfft2(kernel))
+                correlation = np.fft.irfft2(spectra * spectrum, s=(height, width))
+                valid = correlation[:, : height - size + 1, : width - size + 1]
+                best[i] = max(best[i], float((valid * inverse_spread).max()) / norm)
+    return np.minimum(best, 1.0)  # float32 rounding can lift an exact copy past 1
 
 
 def measure(
@@ -126,11 +139,14 @@ def measure(
 ) -> PixelMatch:
     """Read the images (at ``scale``, in grey) and match synthetic and held-out real patches
     against the training images."""
+    from lymphaug.common.errors import DataError
     from lymphaug.common.images import read_rgb
 
     def load(paths: list[Path]) -> list[np.ndarray]:
         return [grey(read_rgb(path), scale) for path in paths]
 
+    if not training:
+        raise DataError("compare's pixel copy check: the split has no training images")
     train, syn, real = load(training), load(synthetic), load(held_out)
     size = patch_size(train + syn + real)
     return PixelMatch(
