@@ -113,7 +113,8 @@ def best_ncc(patches: list[np.ndarray], images: list[np.ndarray]) -> np.ndarray:
         # each window's energy about its own mean, sum x^2 - (sum x)^2 / n (float64 sums)
         spread = np.sqrt(np.maximum(_window_sums(stack**2, size) - sums**2 / size**2, 0.0))
         flat = spread <= FLAT_STD * size  # spread = std * size for a size x size window
-        inverse_spread = np.where(flat, 0.0, 1.0 / np.where(flat, 1.0, spread)).astype(np.float32)
+        inverse_spread = np.divide(1.0, spread, out=np.zeros_like(spread), where=~flat)
+        inverse_spread = inverse_spread.astype(np.float32)
         for i, patch in enumerate(patches):
             centred = patch - patch.mean()
             norm = np.sqrt((centred**2).sum())
@@ -149,9 +150,8 @@ def measure(
         raise DataError("compare's pixel copy check: the split has no training images")
     train, syn, real = load(training), load(synthetic), load(held_out)
     size = patch_size(train + syn + real)
+    # one call: the training images are stacked and transformed once for both sets
+    scores = best_ncc([centre_patch(image, size) for image in syn + real], train)
     return PixelMatch(
-        patch=size,
-        scale=scale,
-        synthetic=best_ncc([centre_patch(image, size) for image in syn], train),
-        held_out=best_ncc([centre_patch(image, size) for image in real], train),
+        patch=size, scale=scale, synthetic=scores[: len(syn)], held_out=scores[len(syn) :]
     )
