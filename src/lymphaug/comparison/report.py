@@ -412,8 +412,9 @@ def pixel_line(pixels: PixelMatch) -> str:
         f"**Copies in pixel space** (no feature extractor): the centre {pixels.patch} x "
         f"{pixels.patch} px of each image, in grey at the classifier's scale (x{pixels.scale:g}), "
         "slid over every position of every training image, also flipped either way or both "
-        "(as the generator trained); the highest normalised cross-correlation (NCC, 1 = the "
-        "same pixels up to brightness and contrast) is kept. "
+        "(a generator trained with random flips may return a training image mirrored); the "
+        "highest normalised cross-correlation (NCC, 1 = the same pixels up to brightness and "
+        "contrast) is kept. "
     )
     if not pixels.held_out.size:
         yardstick, above = "no held-out real image to compare with", ""
